@@ -1,0 +1,163 @@
+"""Compose and validate run configs (hydra compose API over ``bsstudy/conf``; struct mode stays on).
+
+One place for: composing a cell's config from overrides, validating it with one-line errors,
+LR scaling rules, and the run identity (config hash, run_id) of the contract in shared/DESIGN.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UserError
+
+METHODS = ("simclr", "vicreg", "vicreg_unbiased")
+# Objectives built on U-statistics need n >= 4 rows per batch (shared/ESTIMATORS.md).
+MIN_BATCH = {"simclr": 2, "vicreg": 2, "vicreg_unbiased": 4}
+LR_SCALING = ("linear", "sqrt", "none")
+CONF_GROUPS = ("method", "dataset", "model", "optim")
+# Keys that say where a run writes, not what it computes: excluded from the config hash.
+NON_IDENTITY_KEYS = ("out",)
+
+
+def _one_line(exc: BaseException) -> str:
+    """First line of an exception message; hydra's multi-line 'not in struct' becomes 'unknown key'."""
+    import re
+
+    text = str(exc).strip()
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m and "not in struct" in text:
+        return f"unknown key {m.group(1)!r}"
+    msg = text.splitlines()
+    return msg[0] if msg else type(exc).__name__
+
+
+def compose(overrides: Iterable[str] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with hydra-style ``key=value`` overrides; unknown keys are a UserError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_module(config_module="bsstudy.conf", version_base=None)
+    overrides = list(overrides)
+    try:
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    except Exception as exc:  # hydra raises several types; the user needs one line
+        raise UserError(f"config: {_one_line(exc)}") from None
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the options of a config group (``method`` -> ['simclr', 'vicreg', ...])."""
+    from importlib.resources import files
+
+    d = files("bsstudy.conf").joinpath(group)
+    return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
+
+
+def effective_lr(base_lr: float, batch_size: int, rule: str) -> float:
+    """LR for global ``batch_size`` from the LR at batch 256: linear (B/256), sqrt (sqrt(B/256)) or none."""
+    if rule == "linear":
+        return base_lr * batch_size / 256.0
+    if rule == "sqrt":
+        return base_lr * math.sqrt(batch_size / 256.0)
+    if rule == "none":
+        return float(base_lr)
+    raise UserError(f"method.lr_scaling: unknown rule {rule!r} (choose from {', '.join(LR_SCALING)})")
+
+
+def validate(cfg: DictConfig, source: str = "config") -> None:
+    """Check values that composing cannot check; raise UserError naming the key and ``source``."""
+    name = cfg.method.name
+    if name not in METHODS:
+        raise UserError(f"{source}: method.name: unknown method {name!r} (choose from {', '.join(METHODS)})")
+    b = cfg.batch_size
+    if not isinstance(b, int) or isinstance(b, bool) or b < MIN_BATCH[name]:
+        raise UserError(
+            f"{source}: batch_size: {b!r} is invalid for {name} (needs an integer >= {MIN_BATCH[name]})"
+        )
+    if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
+        raise UserError(f"{source}: epochs: {cfg.epochs!r} must be an integer >= 1")
+    if not isinstance(cfg.seed, int):
+        raise UserError(f"{source}: seed: {cfg.seed!r} must be an integer")
+    if cfg.method.lr_scaling not in LR_SCALING:
+        raise UserError(
+            f"{source}: method.lr_scaling: {cfg.method.lr_scaling!r} (choose from {', '.join(LR_SCALING)})"
+        )
+    if name == "vicreg_unbiased":
+        var = cfg.method.loss.variance
+        schemes = ("jackknife", "jackknife_ema_gate", "ema", "c4", "plugin")
+        if var not in schemes:
+            raise UserError(f"{source}: method.loss.variance: {var!r} (choose from {', '.join(schemes)})")
+        if cfg.method.loss.cov_target not in ("identity", "offdiag"):
+            raise UserError(
+                f"{source}: method.loss.cov_target: {cfg.method.loss.cov_target!r} (choose identity or offdiag)"
+            )
+    world = cfg.distributed.nodes * cfg.distributed.gpus_per_node
+    if world < 1:
+        raise UserError(f"{source}: distributed: nodes*gpus_per_node must be >= 1")
+    if b % world:
+        raise UserError(
+            f"{source}: batch_size: {b} is not divisible by the world size {world} "
+            f"(distributed.nodes*distributed.gpus_per_node)"
+        )
+    if world > 1 and b // world < MIN_BATCH[name]:
+        raise UserError(f"{source}: batch_size: {b} gives {b // world} rows per rank; {name} needs >= {MIN_BATCH[name]}")
+
+
+def resolve(cfg: DictConfig) -> DictConfig:
+    """Return a copy with derived fields added: ``lr`` (base, scaling rule, effective) — recorded separately."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out["lr"] = {
+        "base": float(cfg.method.base_lr),
+        "scaling": str(cfg.method.lr_scaling),
+        "effective": effective_lr(float(cfg.method.base_lr), int(cfg.batch_size), str(cfg.method.lr_scaling)),
+    }
+    res = OmegaConf.create(out)
+    OmegaConf.set_struct(res, True)
+    return res
+
+
+def canonical_json(cfg: DictConfig | dict) -> str:
+    """Sorted-key compact JSON of a config without its output paths (the input of the config hash)."""
+    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    for k in NON_IDENTITY_KEYS:
+        d.pop(k, None)
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(cfg: DictConfig | dict) -> str:
+    """sha256 hex of the canonical JSON of the resolved config (contract: run_id's hash8 is its first 8)."""
+    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()
+
+
+def run_id(cfg: DictConfig | dict) -> str:
+    """``{method}-b{batch_size}-e{epochs}-s{seed}-{hash8}`` (contract, shared/DESIGN.md)."""
+    c = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    return f"{c['method']['name']}-b{c['batch_size']}-e{c['epochs']}-s{c['seed']}-{config_hash(c)[:8]}"
+
+
+def load_run_config(path: Path | str) -> DictConfig:
+    """Read a run's ``config.yaml`` (written by plan or train) in struct mode."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such config file")
+    try:
+        cfg = OmegaConf.load(p)
+    except Exception as exc:
+        raise UserError(f"{p}: {_one_line(exc)}") from None
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def cell_config(overrides: Iterable[str] = (), source: str = "config") -> DictConfig:
+    """Compose + validate + resolve: the exact config a cell runs with."""
+    cfg = compose(overrides)
+    validate(cfg, source)
+    return resolve(cfg)

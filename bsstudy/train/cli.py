@@ -1,0 +1,10 @@
+"""Placeholder until this verb lands (replaced by its module)."""
+from ..errors import UserError
+
+
+def _todo(args):
+    raise UserError(f'{args.verb} is not implemented yet')
+
+
+def register(sub):
+    sub.add_parser('train', help='(not implemented yet)').set_defaults(func=_todo)
