@@ -1,0 +1,268 @@
+"""Tests of the gradient-bias instrument (bsstudy bias): statistics, the J^T trick, known biases, CLI."""
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from bsstudy.bias import Settings, check, measure_all
+from bsstudy.biaslib import engine, stats
+from bsstudy.errors import UserError
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def gaussian_pool(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correlated Gaussian pairs (non-trivial covariance, views differ by noise), float64."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64) / math.sqrt(d) + torch.eye(d, dtype=torch.float64)
+    z1 = torch.randn(n, d, generator=g, dtype=torch.float64) @ a
+    z2 = z1 + 0.3 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    return z1, z2
+
+
+def u_offdiag(z: torch.Tensor) -> torch.Tensor:
+    """Test-local reference: U-statistic of Σ_{i≠j} Σ_ij² (shared/ESTIMATORS.md), exactly unbiased."""
+    n = z.shape[0]
+    zc = z - z.mean(0)
+    s = zc.T @ zc
+    r = (zc**2).sum(1)
+    den = n * (n - 1) * (n - 2) * (n - 3)
+    fro = ((n - 1) * (n - 2) * (s**2).sum() + torch.trace(s) ** 2 - n * (n - 1) * (r**2).sum()) / den
+    diag = ((n * n - 3 * n + 3) * torch.diagonal(s) ** 2 - n * (n - 1) * (zc**4).sum(0)).sum() / den
+    return fro - diag
+
+
+class Injected:
+    """Unbiased U-statistic loss plus a term whose minibatch gradient is biased by exactly c(1/B − 1/N)·v.
+
+    T_B = c·N/B² · Σ_{a∈batch} <v_a, z1_a>: its gradient on row a is c·N/B²·v_a, which a batch contains
+    with probability B/N, so E ĝ_B − g* = c(1/B − 1/N)·v (v lives on the z1 half of the pool gradient).
+    """
+
+    def __init__(self, v: torch.Tensor, z1_pool: torch.Tensor, c: float) -> None:
+        self.v, self.pool, self.c = v, z1_pool, c
+
+    def __call__(self, z1: torch.Tensor, z2: torch.Tensor) -> SimpleNamespace:
+        n_pool, b = self.pool.shape[0], z1.shape[0]
+        # find the batch rows in the pool (rows are distinct continuous draws)
+        rows = torch.cdist(z1.detach(), self.pool).argmin(1)
+        inj = self.c * n_pool / b**2 * (self.v[rows] * z1).sum()
+        return SimpleNamespace(loss=u_offdiag(z1) + u_offdiag(z2) + inj, terms={})
+
+
+# ------------------------------------------------------------------------------------------- stats
+def test_jackknife_matches_brute_force_delete_one() -> None:
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((6, 40)) + 0.3
+    gram = d @ d.T
+    u, se = stats.jackknife_u_offdiag(gram)
+
+    def u_of(rows: np.ndarray) -> float:
+        k = rows.shape[0]
+        return sum(rows[i] @ rows[j] for i in range(k) for j in range(k) if i != j) / (k * (k - 1))
+
+    assert u == pytest.approx(u_of(d), rel=1e-12)
+    dels = np.array([u_of(np.delete(d, j, axis=0)) for j in range(6)])
+    assert se == pytest.approx(math.sqrt(5 / 6 * ((dels - dels.mean()) ** 2).sum()), rel=1e-10)
+    with pytest.raises(ValueError):
+        stats.jackknife_u_offdiag(gram[:2, :2])
+
+
+def test_summarize_noise_decomposition() -> None:
+    """U = ‖D̄‖² − tr Ĉov/K, the raw error has the noise floor, per-batch noise = m × group variance."""
+    rng = np.random.default_rng(1)
+    k, m, p = 8, 4, 500
+    bias = np.zeros(p)
+    bias[0] = 0.5
+    d = bias + rng.standard_normal((k, p)) * 0.2
+    g = np.ones(p)
+    s = stats.summarize(d @ d.T, d @ g, float(g @ g), m)
+    dbar = d.mean(0)
+    within = ((d - dbar) ** 2).sum() / (k - 1)
+    norm = math.sqrt(p)
+    assert s["rel_bias_sq"] * p == pytest.approx(dbar @ dbar - within / k, rel=1e-10)
+    assert s["rel_bias_raw"] == pytest.approx(np.linalg.norm(dbar) / norm)
+    assert s["noise_floor"] == pytest.approx(math.sqrt(within / k) / norm)
+    assert s["rel_noise"] == pytest.approx(math.sqrt(within * m) / norm)
+    assert s["rel_bias_ci_low"] <= s["rel_bias"] <= s["rel_bias_ci_high"]
+    assert s["rel_bias_ci_low"] <= 0.5 / norm <= s["rel_bias_ci_high"]
+    assert s["bias_along_ci_low"] <= 0.5 / p <= s["bias_along_ci_high"]
+    assert s["cosine"] == pytest.approx((g @ (g + dbar)) / (norm * np.linalg.norm(g + dbar)))
+
+
+def test_ci_coverage_of_known_bias() -> None:
+    """Over repeated experiments, the 95% interval for ‖b‖ covers the truth about 95% of the time."""
+    rng = np.random.default_rng(2)
+    k, p, trials = 8, 300, 400
+    for b0 in (0.0, 0.03):
+        b = np.zeros(p)
+        b[:3] = b0 * math.sqrt(p)
+        hits = 0
+        for _ in range(trials):
+            scales = np.where(np.arange(p) < 5, 8.0, 1.0)
+            d = b + 0.05 * scales * rng.standard_normal((k, p))
+            s = stats.summarize(d @ d.T, d @ np.ones(p), float(p), 4)
+            truth = np.linalg.norm(b) / math.sqrt(p)
+            hits += s["rel_bias_ci_low"] - 1e-12 <= truth <= s["rel_bias_ci_high"] + 1e-12
+        assert 0.90 <= hits / trials <= 1.0, (b0, hits / trials)
+
+
+# ------------------------------------------------------------------------------ J^T and the engine
+def test_batch_indices_are_simple_random_samples() -> None:
+    idx = engine.batch_indices(50, 10, 2000, seed=3)
+    assert idx.shape == (2000, 10)
+    assert all(len(set(r.tolist())) == 10 for r in idx[:100])  # no repeats inside a batch
+    freq = torch.bincount(idx.reshape(-1), minlength=50).double() / 2000
+    assert torch.allclose(freq, torch.full((50,), 0.2, dtype=torch.float64), atol=0.03)
+    assert torch.equal(idx, engine.batch_indices(50, 10, 2000, seed=3))
+
+
+class _Net(torch.nn.Module):
+    """A tiny frozen 'network' with BatchNorm (eval mode) to check the J^T trick."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.BatchNorm1d(7), torch.nn.Tanh(), torch.nn.Linear(7, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.f(x)
+
+
+def _tiny_net_pool(n: int = 40) -> tuple[_Net, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(4)
+    net = _Net().double()
+    with torch.no_grad():  # non-trivial running statistics, then freeze (eval mode)
+        net.f[1].running_mean.uniform_(-0.5, 0.5)
+        net.f[1].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x1 = torch.randn(n, 5, dtype=torch.float64)
+    return net, x1, x1 + 0.1 * torch.randn(n, 5, dtype=torch.float64)
+
+
+def test_module_jt_equals_direct_parameter_gradient() -> None:
+    """J^T (scattered embedding gradient) equals autograd through the network, for the pool and a batch."""
+    net, x1, x2 = _tiny_net_pool()
+    params = list(net.parameters())
+    jt = engine.ModuleJT(net, params, x1, x2, chunk=7)
+    loss = lambda a, b: u_offdiag(a) + u_offdiag(b) + ((a - b) ** 2).mean()  # noqa: E731
+    ix = torch.tensor([3, 17, 5, 30, 22, 9])
+    with torch.no_grad():
+        z1, z2 = net(x1), net(x2)
+    for rows in (torch.arange(40), ix):
+        direct = torch.autograd.grad(loss(net(x1[rows]), net(x2[rows])), params)
+        direct = torch.cat([g.reshape(-1) for g in direct])
+        a = z1[rows].clone().requires_grad_(True)
+        b = z2[rows].clone().requires_grad_(True)
+        ga, gb = torch.autograd.grad(loss(a, b), (a, b))
+        ct = torch.zeros(1, 40, 8, dtype=torch.float64)
+        ct[0, rows, :4], ct[0, rows, 4:] = ga, gb
+        assert torch.allclose(jt(ct)[0].double(), direct, rtol=1e-5, atol=1e-7)
+
+
+def _rows(rows: list[dict], **sel) -> list[dict]:
+    return [r for r in rows if all(r[k] == v for k, v in sel.items())]
+
+
+def test_recovers_injected_bias_in_embedding_and_parameter_space() -> None:
+    """An objective whose gradient is ĝ + c/B·v: the instrument finds ‖c(1/B−1/N)v‖ within its CI."""
+    n, d = 96, 4
+    z1, z2 = gaussian_pool(n, d, seed=5)
+    g = torch.Generator().manual_seed(6)
+    v = torch.randn(n, d, generator=g, dtype=torch.float64)
+    obj = engine.Objective("injected", "-", Injected(v, z1, c=2.0))
+    rows, _ = measure_all([obj], z1, z2, engine.identity_jt, [8, 32], 320, 8, seed=7, progress=False)
+    g_star = engine.pool_target(obj, z1, z2).grad
+    for r in rows:
+        b = r["batch_size"]
+        truth = 2.0 * (1 / b - 1 / n) * v.norm().item() / g_star.norm().item()
+        for pre in ("", "emb_"):
+            assert r[f"{pre}rel_bias_ci_low"] <= truth <= r[f"{pre}rel_bias_ci_high"], (b, pre, r[f"{pre}rel_bias"], truth)
+            assert r[f"{pre}rel_bias"] == pytest.approx(truth, rel=0.35)
+            assert r[f"{pre}rel_bias_ci_low"] > 0  # resolved, not just "consistent with anything"
+    # the same without the injected term: the U-statistic alone is unbiased, CI covers 0
+    clean = engine.Objective("u", "-", lambda a, b_: SimpleNamespace(loss=u_offdiag(a) + u_offdiag(b_), terms={}))
+    rows, _ = measure_all([clean], z1, z2, engine.identity_jt, [8, 32], 320, 8, seed=7, progress=False)
+    for r in rows:
+        assert r["rel_bias_ci_low"] == 0.0 and r["rel_bias_sq"] - 2.4 * r["rel_bias_sq_se"] < 0
+
+
+def test_parameter_space_through_network_recovers_known_bias() -> None:
+    """Through a real (tiny) network: the bias in parameter space is J^T of the known embedding bias."""
+    net, x1, x2 = _tiny_net_pool(n=64)
+    with torch.no_grad():
+        z1, z2 = net(x1), net(x2)
+    jt = engine.ModuleJT(net, list(net.parameters()), x1, x2, chunk=32)
+    v = torch.randn(64, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    obj = engine.Objective("injected", "-", Injected(v, z1, c=3.0))
+    rows, _ = measure_all([obj], z1, z2, jt, [8], 400, 8, seed=9, progress=False)
+    g_star = jt(engine.pool_target(obj, z1, z2).grad.unsqueeze(0))[0].double()
+    ct = torch.zeros(1, 64, 8, dtype=torch.float64)
+    ct[0, :, :4] = 3.0 * (1 / 8 - 1 / 64) * v
+    truth = (jt(ct)[0].double().norm() / g_star.norm()).item()
+    r = rows[0]
+    assert r["rel_bias_ci_low"] <= truth <= r["rel_bias_ci_high"]
+    assert r["rel_bias"] == pytest.approx(truth, rel=0.35)
+
+
+# --------------------------------------------------------------------- the real objectives (sanity)
+def _cov_only(name: str, **extra):
+    from bsstudy.objectives import build_objective
+
+    params = dict(inv_coeff=0.0, var_coeff=0.0, cov_coeff=1.0, gamma=1.0, eps=1e-4)
+    if name == "vicreg_unbiased":
+        params.update(cov_target="offdiag", variance="jackknife", ema_beta=0.9)
+    params.update(extra)
+    return engine.Objective(name, "-", build_objective(name, **params))
+
+
+@pytest.mark.slow
+def test_covariance_only_unbiased_vs_plugin_on_gaussian_embeddings() -> None:
+    """vicreg_unbiased (covariance only): CI covers 0. vicreg (covariance only): clearly positive, ~1/B."""
+    n, d = 1024, 16
+    z1, z2 = gaussian_pool(n, d, seed=10)
+    objs = [_cov_only("vicreg_unbiased"), _cov_only("vicreg")]
+    objs[0].scheme, objs[1].scheme = "u", "plug"  # distinct labels
+    rows, _ = measure_all(objs, z1, z2, engine.identity_jt, [8, 32, 128], 256, 8, seed=11, progress=False)
+    for r in _rows(rows, objective="vicreg_unbiased"):
+        assert r["rel_bias_ci_low"] == 0.0, r  # consistent with zero bias
+        assert r["rel_bias_ci_high"] < 0.5 * _rows(rows, objective="vicreg", batch_size=r["batch_size"])[0]["rel_bias"]
+    plug = {r["batch_size"]: r for r in _rows(rows, objective="vicreg")}
+    for b, r in plug.items():
+        assert r["rel_bias_ci_low"] > 0, r  # resolved positive bias
+        assert r["loss_bias_ci_low"] > 0  # the plug-in loss value is biased upwards
+    # bias of a plug-in under sampling without replacement ∝ (1/B − 1/N): ratio 8→32 ≈ 4.1, 32→128 ≈ 4.4
+    for b_small, b_big in ((8, 32), (32, 128)):
+        expect = (1 / b_small - 1 / n) / (1 / b_big - 1 / n)
+        ratio = plug[b_small]["rel_bias"] / plug[b_big]["rel_bias"]
+        assert 0.6 * expect < ratio < 1.5 * expect, (b_small, b_big, ratio, expect)
+
+
+# ---------------------------------------------------------------------------------------- settings
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(batch_sizes=[2, 8]), "too small"),
+        (dict(batch_sizes=[8, 4096]), "smaller than --pool"),
+        (dict(repeats=100, groups=8), "multiple of --groups"),
+        (dict(groups=2, repeats=8), "at least 3 groups"),
+        (dict(level=1.5), "--level"),
+    ],
+)
+def test_bad_settings_are_user_errors(kw: dict, msg: str) -> None:
+    with pytest.raises(UserError, match=msg):
+        check(Settings(**kw))
+
+
+def test_cli_rejects_bad_input(capsys: pytest.CaptureFixture) -> None:
+    from bsstudy.cli import main
+
+    assert main(["bias", "--objectives", "vicreg,byol"]) == 2
+    assert "unknown name 'byol'" in capsys.readouterr().err
+    assert main(["bias", "--batch-sizes", "8,x"]) == 2
+    assert "comma-separated integers" in capsys.readouterr().err
+    assert main(["bias", "--schemes", "median"]) == 2
+    assert "unknown name 'median'" in capsys.readouterr().err
