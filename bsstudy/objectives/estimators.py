@@ -1,0 +1,123 @@
+"""Covariance-term estimators: plug-in (biased) and exact U-statistics (unbiased for every n >= 4).
+
+Every estimator is ``f(z, unbiased: bool, form="auto") -> scalar`` on a batch ``z`` of i.i.d. rows:
+``z`` is (n, d), or (..., n, d) for a stack of independent batches (returns shape (...)).
+
+- ``cov_fro_sq``            estimates ||Sigma||_F^2
+- ``cov_offdiag_sq``        estimates sum_{i != j} Sigma_ij^2     (VICReg's covariance term, before /d)
+- ``cov_minus_identity_sq`` estimates ||Sigma - I||_F^2           (the seed's unbiased-VICReg term)
+
+``unbiased=False`` is the plug-in with the 1/(n-1) sample covariance C (what VICReg uses); its bias is
+((tr Sigma)^2 + ||Sigma||_F^2)/(n-1) for Gaussian data (shared/ESTIMATORS.md). ``unbiased=True`` is the
+U-statistic of shared/ESTIMATORS.md; it can be negative and is never clamped (clamping restores bias).
+Its value and its gradient are unbiased, because it is a polynomial in z.
+
+Forms: with centred rows Zc, S = Zc^T Zc (d x d) and the Gram matrix K = Zc Zc^T (n x n) share
+||S||_F = ||K||_F, tr S = tr K and the row norms r = diag K. ``form="auto"`` uses the Gram form when
+n < d (O(n^2 d) time, n x n memory) and the S-form otherwise (O(n d^2), d x d memory).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FORMS = ("auto", "gram", "cov")
+
+
+def _check(z: Tensor, unbiased: bool, form: str) -> None:
+    if z.dim() < 2:
+        raise ValueError(f"estimators need a batch z of shape (n, d) or (..., n, d), got shape {tuple(z.shape)}")
+    n = z.shape[-2]
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+    if unbiased and n < 4:
+        raise ValueError(f"the unbiased covariance U-statistic needs n >= 4 rows, got n={n}")
+    if not unbiased and n < 2:
+        raise ValueError(f"the plug-in covariance needs n >= 2 rows, got n={n}")
+
+
+def _centre(z: Tensor) -> Tensor:
+    # Always centre: the uncentred shortcut loses everything to cancellation when |mean| >> std.
+    return z - z.mean(dim=-2, keepdim=True)
+
+
+def _use_gram(n: int, d: int, form: str) -> bool:
+    return form == "gram" or (form == "auto" and n < d)
+
+
+def _fro_stats(zc: Tensor, form: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(||S||_F^2, tr S, sum_a r_a^2) of centred rows zc (..., n, d)."""
+    n, d = zc.shape[-2], zc.shape[-1]
+    r = zc.pow(2).sum(dim=-1)                      # (..., n) squared row norms = diag K
+    tr = r.sum(dim=-1)                             # tr S = tr K
+    if _use_gram(n, d, form):
+        m = zc @ zc.transpose(-1, -2)              # K: (..., n, n)
+    else:
+        m = zc.transpose(-1, -2) @ zc              # S: (..., d, d)
+    return m.pow(2).sum(dim=(-1, -2)), tr, r.pow(2).sum(dim=-1)
+
+
+def _u_fro_coeffs(n: int) -> tuple[float, float, float, float]:
+    """Coefficients (a, b, c, denominator) of U_fro = [a ||S||^2 + b (tr S)^2 - c sum r^2] / denominator.
+
+    A separate function so the mutation test can perturb one coefficient and see the Monte-Carlo test fail.
+    """
+    return float((n - 1) * (n - 2)), 1.0, float(n * (n - 1)), float(n * (n - 1) * (n - 2) * (n - 3))
+
+
+def _u_fro(zc: Tensor, form: str) -> Tensor:
+    n = zc.shape[-2]
+    s2, tr, r2 = _fro_stats(zc, form)
+    a, b, c, den = _u_fro_coeffs(n)
+    return (a * s2 + b * tr.pow(2) - c * r2) / den
+
+
+def _u_diag(zc: Tensor) -> Tensor:
+    """U-statistic for sum_i Sigma_ii^2 (O(n d))."""
+    n = zc.shape[-2]
+    sq = zc.pow(2)
+    s_ii = sq.sum(dim=-2)                          # (..., d) diagonal of S
+    m4 = sq.pow(2).sum(dim=-2)                     # (..., d) sum_a zc_ai^4
+    den = n * (n - 1) * (n - 2) * (n - 3)
+    return ((n * n - 3 * n + 3) * s_ii.pow(2) - n * (n - 1) * m4).sum(dim=-1) / den
+
+
+def _plugin_offdiag(zc: Tensor, form: str) -> Tensor:
+    n, d = zc.shape[-2], zc.shape[-1]
+    if _use_gram(n, d, form):
+        s2, _, _ = _fro_stats(zc, form)
+        diag = zc.pow(2).sum(dim=-2)
+        return (s2 - diag.pow(2).sum(dim=-1)) / (n - 1) ** 2
+    # S-form: zero the diagonal instead of subtracting it (no cancellation when the diagonal dominates).
+    s = zc.transpose(-1, -2) @ zc
+    off = s.pow(2).sum(dim=(-1, -2)) - torch.diagonal(s, dim1=-2, dim2=-1).pow(2).sum(dim=-1)
+    return off / (n - 1) ** 2
+
+
+def cov_fro_sq(z: Tensor, unbiased: bool, form: str = "auto") -> Tensor:
+    """Estimate ||Sigma||_F^2 from rows z (n, d): plug-in ||C||_F^2 or the U-statistic U_fro."""
+    _check(z, unbiased, form)
+    zc = _centre(z)
+    if unbiased:
+        return _u_fro(zc, form)
+    s2, _, _ = _fro_stats(zc, form)
+    return s2 / (z.shape[-2] - 1) ** 2
+
+
+def cov_offdiag_sq(z: Tensor, unbiased: bool, form: str = "auto") -> Tensor:
+    """Estimate sum_{i != j} Sigma_ij^2 from rows z (n, d): plug-in or U_fro - U_diag."""
+    _check(z, unbiased, form)
+    zc = _centre(z)
+    if unbiased:
+        return _u_fro(zc, form) - _u_diag(zc)
+    return _plugin_offdiag(zc, form)
+
+
+def cov_minus_identity_sq(z: Tensor, unbiased: bool, form: str = "auto") -> Tensor:
+    """Estimate ||Sigma - I||_F^2 from rows z (n, d): plug-in ||C - I||_F^2 or U_fro - 2 tr C + d."""
+    _check(z, unbiased, form)
+    zc = _centre(z)
+    n, d = zc.shape[-2], zc.shape[-1]
+    tr_c = zc.pow(2).sum(dim=(-1, -2)) / (n - 1)   # tr C is unbiased for tr Sigma
+    fro = _u_fro(zc, form) if unbiased else _fro_stats(zc, form)[0] / (n - 1) ** 2
+    return fro - 2.0 * tr_c + d
