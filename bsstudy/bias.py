@@ -114,7 +114,7 @@ def measure_all(
     groups: int,
     seed: int,
     level: float = 0.95,
-    warm_chunk: int | None = None,
+    warm_chunk: int = 512,
     progress: bool = True,
 ) -> tuple[list[dict], dict]:
     """Measure every objective at every batch size on pool embeddings (z1, z2) with J^T operator ``jt``
@@ -132,7 +132,10 @@ def measure_all(
     targets = {}
     for obj in objectives:
         # stateful schemes: EMA warmed on the pool, then frozen (every batch sees the same state)
-        notes[obj.label] = dict(obj.notes, **engine.warm_state(obj, z1, z2, warm_chunk or n))
+        beta = obj.notes.get("params", {}).get("ema_beta")
+        # enough calls that the initial state is forgotten: beta^calls = e^-10
+        calls = math.ceil(10.0 / (1.0 - float(beta)) - 1e-9) if beta is not None and 0 < float(beta) < 1 else 200
+        notes[obj.label] = dict(obj.notes, **engine.warm_state(obj, z1, z2, warm_chunk, calls, seed))
         targets[obj.label] = engine.pool_target(obj, z1, z2)
     target_param = {}
     if jt is not None:
@@ -178,7 +181,7 @@ def run(s: Settings, progress: bool = True) -> "Any":
     t_pool = time.perf_counter() - t0
     rows, notes = measure_all(
         objectives, pool.z1, pool.z2, None if s.embedding_only else pool.jt, s.batch_sizes, s.repeats,
-        s.groups, s.seed, s.level, warm_chunk=None, progress=progress,
+        s.groups, s.seed, s.level, progress=progress,
     )
     wall = time.perf_counter() - t0
     out = Path(s.out)

@@ -266,3 +266,42 @@ def test_cli_rejects_bad_input(capsys: pytest.CaptureFixture) -> None:
     assert "comma-separated integers" in capsys.readouterr().err
     assert main(["bias", "--schemes", "median"]) == 2
     assert "unknown name 'median'" in capsys.readouterr().err
+
+
+class _EmaScaled:
+    """A stateful test objective: Σ_i Var_i(z1)/ema_i with ema an EMA of past batch variances."""
+
+    def __init__(self, d: int, beta: float = 0.9) -> None:
+        self.beta, self.ema = beta, torch.ones(d, dtype=torch.float64)
+        self.seen: list[torch.Tensor] = []  # the state each call started from
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema.clone()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.ema = sd["ema"].clone()
+
+    def __call__(self, z1: torch.Tensor, z2: torch.Tensor) -> SimpleNamespace:
+        self.seen.append(self.ema.clone())
+        v = z1.var(0)  # 1/(n−1): unbiased for the pool's 1/(N−1) variance under SRS
+        loss = (v / self.ema).sum()  # uses the state before this batch updates it
+        self.ema = self.beta * self.ema + (1 - self.beta) * v.detach()
+        return SimpleNamespace(loss=loss, terms={})
+
+
+def test_stateful_objective_is_warmed_on_the_pool_and_frozen() -> None:
+    n, d = 256, 3
+    z1, z2 = gaussian_pool(n, d, seed=12)
+    obj = engine.Objective("ema_test", "x", _EmaScaled(d))
+    obj.notes["params"] = {"ema_beta": 0.9}
+    rows, notes = measure_all([obj], z1, z2, engine.identity_jt, [8, 32], 64, 8, seed=13, warm_chunk=64, progress=False)
+    assert notes["ema_test[x]"]["stateful"] and notes["ema_test[x]"]["warm_calls"] == 100
+    assert torch.allclose(obj.state["ema"], z1.var(0), rtol=0.25)  # near the pool variance, not the init 1
+    # the frozen state makes the loss linear in an unbiased variance: no bias; an unfrozen EMA would
+    # change between batches and between the target and the batches
+    for r in rows:
+        assert r["rel_bias_ci_low"] == 0.0, r
+    after_warm = obj.loss_fn.seen[100:]  # target + 2 x 64 batches
+    assert len(after_warm) == 1 + 2 * 64
+    assert all(torch.equal(s, obj.state["ema"]) for s in after_warm)
+    assert rows[0]["loss_bias_ci_low"] <= 0 <= rows[0]["loss_bias_ci_high"]

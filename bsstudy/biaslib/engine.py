@@ -244,29 +244,37 @@ def warm_state(
     z1: torch.Tensor,
     z2: torch.Tensor,
     chunk: int,
-    max_calls: int = 400,
-    rtol: float = 1e-6,
+    calls: int,
+    seed: int = 0,
 ) -> dict:
-    """Warm a stateful objective's EMA on the pool: call it (no grad) on consecutive chunks of the pool
-    until its state stops changing, then freeze that state. Returns a note for bias.json."""
+    """Warm a stateful objective's EMA on the pool, then freeze it (``obj.state``).
+
+    The objective is called (no grad) ``calls`` times on chunks of ``chunk`` pool rows taken in
+    random order, cycling through the pool, as training would feed it batches. Its state afterwards
+    is near the stationary state of training on this pool (the EMA of 1/(n−1) chunk variances has
+    mean equal to the pool variance). Returns a note for bias.json; stateless objectives are untouched.
+    """
     fn = obj.loss_fn
-    if not state_of(fn):
+    before = state_of(fn)
+    if not before:
         return {"stateful": False}
     n = z1.shape[0]
-    calls, change = 0, float("inf")
-    prev = _flat_state(state_of(fn))
+    chunk = min(int(chunk), n)
+    g = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=g)
     with torch.no_grad():
-        while calls < max_calls:
-            a = (calls * chunk) % n
-            fn(z1[a : a + chunk], z2[a : a + chunk])
-            calls += 1
-            cur = _flat_state(state_of(fn))
-            change = float((cur - prev).norm() / max(float(cur.norm()), 1e-30)) if cur.numel() else 0.0
-            prev = cur
-            if chunk >= n and change <= rtol:
-                break
+        for c in range(int(calls)):
+            a = (c * chunk) % n
+            if a + chunk > n:  # new pass over the pool, new order
+                perm, a = torch.randperm(n, generator=g), 0
+            ix = perm[a : a + chunk].to(z1.device)
+            fn(z1[ix], z2[ix])
     obj.state = state_of(fn)
-    return {"stateful": True, "warm_calls": calls, "warm_chunk": int(min(chunk, n)), "last_rel_change": change}
+    moved = float((_flat_state(obj.state) - _flat_state(before)).norm())
+    if moved == 0.0:
+        raise RuntimeError(f"{obj.label}: its state did not change while warming on the pool")
+    return {"stateful": True, "warm_calls": int(calls), "warm_chunk": chunk,
+            "state_keys": sorted(obj.state.keys())}
 
 
 def _flat_state(sd: dict) -> torch.Tensor:
