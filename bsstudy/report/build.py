@@ -1,0 +1,322 @@
+"""Assemble the report of one study: tables, figures, report.md/html, provenance.json."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..errors import UserError
+from ..io import atomic_write_json, atomic_write_text
+from . import figures as F
+from .load import Study, load_study
+from .references import REFERENCES
+from .render import H, Img, P, Pre, Table, Ul, to_html, to_md
+from .tables import ACCURACY, headline, paper_table, relative_drop, summarize, to_csv, to_latex, to_markdown
+
+FORMATS = ("md", "html", "tex")
+MAX_CURVE_CELLS = 36  # training-curve figure: cells drawn at most (the report says when more exist)
+PACKAGES = ("bsstudy", "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "seaborn", "submitit",
+            "hydra-core", "omegaconf")
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """'md,html' -> ('md', 'html'); UserError naming an unknown format."""
+    fmts = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise UserError(f"--format: unknown format {', '.join(bad) or repr(text)} (choose from {','.join(FORMATS)})")
+    return fmts
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the source tree bsstudy is imported from; (None, None) outside a git checkout."""
+    src = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def provenance(study: Study) -> dict:
+    """Who/what/where made this report: git, versions, hardware, date, and each run's config hash."""
+    commit, dirty = git_state()
+    versions = {}
+    for p in PACKAGES:
+        try:
+            versions[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            continue
+    versions.setdefault("bsstudy", __version__)
+    runs = study.runs
+    return {
+        "study": study.name, "study_dir": str(study.root), "sweep_hash": study.plan_hash,
+        "git_commit": commit, "git_dirty": dirty, "versions": versions, "python": platform.python_version(),
+        "hardware": {"machine": platform.machine(), "processor": platform.processor(), "system": platform.system(),
+                     "cpus": os.cpu_count(),
+                     "run_devices": sorted({str(d) for d in runs.get("device", pd.Series(dtype=str)).dropna()})},
+        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "runs": {r: (h if isinstance(h, str) else None)
+                 for r, h in zip(runs["run_id"], runs.get("config_hash", pd.Series([None] * len(runs))))},
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1f}%"
+
+
+def _setup(study: Study) -> list[str]:
+    """Bullet lines describing the sweep, read from the configs (not from assumptions)."""
+    cfgs = [study.configs[r] for r in study.plan["run_id"] if r in study.configs] or list(study.configs.values())
+
+    def vals(get) -> str:
+        out = set()
+        for c in cfgs:
+            try:
+                v = get(c)
+            except (KeyError, TypeError):
+                continue
+            if v is not None:
+                out.add(v)
+        return ", ".join(str(v) for v in sorted(out, key=lambda v: (isinstance(v, str), v))) or "?"
+
+    lr = {}
+    for c in cfgs:
+        m = c.get("method") or {}
+        lr.setdefault(m.get("name"), set()).add(
+            f"base lr {m.get('base_lr')} at B=256, {m.get('lr_scaling')} scaling, optimizer {(c.get('optim') or {}).get('name')}")
+    runs = study.runs
+    return [
+        f"dataset: {vals(lambda c: c['dataset']['name'])}",
+        f"backbone: {vals(lambda c: c['model']['name'])}",
+        f"methods: {', '.join(sorted(runs['method_label'].unique()))}",
+        f"batch sizes: {vals(lambda c: c['batch_size'])}",
+        f"epochs: {vals(lambda c: c['epochs'])}",
+        f"seeds: {vals(lambda c: c['seed'])}",
+        "learning-rate rule: " + "; ".join(f"{k}: {' / '.join(sorted(v))}" for k, v in sorted(lr.items(), key=str)),
+        f"cells planned: {len(study.plan)}; with result.json: {len(runs)}"
+        + (f" ({int((~runs['in_plan']).sum())} not in plan.csv, reported anyway)" if (~runs["in_plan"]).any() else ""),
+        f"devices: {', '.join(sorted({str(d) for d in runs.get('device', pd.Series(dtype=str)).dropna()})) or '?'}",
+    ]
+
+
+def reading(summary: pd.DataFrame, head: pd.DataFrame, runs: pd.DataFrame, n_missing: int) -> str:
+    """One honest paragraph computed from the numbers (largest epoch budget, linear probe if available)."""
+    ours = head[head["source"] == "ours"]
+    metric = "linear" if (ours["metric"] == "linear").any() else "kNN"
+    ours = ours[ours["metric"] == metric]
+    parts = []
+    if ours.empty:
+        parts.append("No run finished with an accuracy, so there is nothing to compare yet.")
+    else:
+        e = int(ours["epochs"].max())
+        o = ours[ours["epochs"] == e].sort_values(["max_rel_drop_pct", "method"])
+        col = "linear_top1" if metric == "linear" else "knn_top1"
+        s = summary[summary["epochs"] == e]
+        worst, least = o.iloc[-1], o.iloc[0]
+        parts.append(
+            f"At {e} epochs ({metric} probe, batch sizes {worst['batch_sizes']}), {worst['method']} drops most from "
+            f"its best batch size: {_pct(worst['max_rel_drop_pct'])} relative, from {worst['best_top1_pct']:.1f}% "
+            f"at B={worst['best_batch_size']} to {worst['worst_top1_pct']:.1f}% at B={worst['worst_batch_size']}.")
+        if len(o) > 1:
+            parts.append(f"{least['method']} drops least ({_pct(least['max_rel_drop_pct'])}, best at "
+                         f"B={least['best_batch_size']}).")
+        top = o.loc[o["best_top1_pct"].idxmax()]
+        parts.append(f"The best cell is {top['method']} at B={top['best_batch_size']} with {top['best_top1_pct']:.1f}%.")
+        for _, r in o.iterrows():
+            gap = top["best_top1_pct"] - r["best_top1_pct"]
+            if gap > 5:
+                parts.append(f"{r['method']} does badly here: even at its best batch size it is {gap:.1f} points "
+                             f"below {top['method']}.")
+        by = {r["method"]: r for _, r in o.iterrows()}
+        if "vicreg" in by and any(m.startswith("vicreg_unbiased") for m in by):
+            for m in sorted(x for x in by if x.startswith("vicreg_unbiased")):
+                du, dv = by[m]["max_rel_drop_pct"], by["vicreg"]["max_rel_drop_pct"]
+                # noise scale: 95% CI half-width of each method's worst cell, relative to its best
+                noise = []
+                for meth in (m, "vicreg"):
+                    r = by[meth]
+                    c = s[(s["method_label"] == meth) & (s["batch_size"] == r["worst_batch_size"])][f"{col}_ci95"]
+                    if len(c) and np.isfinite(c.iloc[0]):
+                        noise.append(100 * 100 * c.iloc[0] / r["best_top1_pct"])
+                tol = max(noise) if noise else float("nan")
+                if np.isfinite(tol) and abs(du - dv) <= tol:
+                    verdict = f"a difference within the seeds' 95% CI (about {tol:.1f}% relative), so not resolved"
+                elif not np.isfinite(tol):
+                    verdict = "with too few seeds for a CI, so not resolved"
+                else:
+                    verdict = "smaller: less batch-size dependence" if du < dv else "larger: more batch-size dependence"
+                parts.append(f"{m}'s largest drop is {_pct(du)} against VICReg's {_pct(dv)}, {verdict}.")
+        nmin = int(s[f"{col}_n"].min()) if len(s) else 0
+        if nmin < 3:
+            parts.append(f"Some cells have only {nmin} finished seed(s), so their CIs are wide or undefined.")
+    refs = head[head["source"] == "reference"]
+    if len(refs):
+        parts.append("For scale only (ImageNet, ResNet-50, 100 epochs; another dataset and scale): the published "
+                     "curves drop " + ", ".join(f"{r['method'].split(' (')[0]} {_pct(r['max_rel_drop_pct'])}"
+                                                for _, r in refs.iterrows()) + " from their best batch size.")
+    nd, nf = int((runs["status"] == "diverged").sum()), int((runs["status"] == "failed").sum())
+    if nd or nf or n_missing:
+        parts.append(f"{nd} diverged and {nf} failed run(s) are excluded from every mean (listed below); "
+                     f"{n_missing} planned cell(s) have no result yet.")
+    return " ".join(parts)
+
+
+def build_report(study_dir: Path | str, out: Path | str | None = None, formats=FORMATS,
+                 max_curve_cells: int = MAX_CURVE_CELLS, log=print) -> Path:
+    """Write the report of ``results/<study>`` into ``out`` (default reports/<study>); return ``out``."""
+    study = load_study(study_dir)
+    out = Path(out) if out is not None else Path("reports") / study.name
+    figdir, tabdir = out / "figures", out / "tables"
+    tabdir.mkdir(parents=True, exist_ok=True)
+    runs = study.runs
+    st = runs["status"].value_counts()
+    log(f"report: {study.name}: {len(runs)} runs ({st.get('done', 0)} done, {st.get('diverged', 0)} diverged, "
+        f"{st.get('failed', 0)} failed), {len(study.missing)} missing of {len(study.plan)} planned")
+
+    # ---- tables
+    summary = summarize(runs)
+    drop = relative_drop(summary)
+    head = headline(drop)
+    atomic_write_text(out / "runs.csv", to_csv(runs))
+    atomic_write_text(out / "summary.csv", to_csv(summary))
+    atomic_write_text(out / "relative_drop.csv", to_csv(drop))
+    atomic_write_text(out / "headline.csv", to_csv(head))
+    paper = {}
+    for e in sorted(summary["epochs"].unique()):
+        for metric, name in ACCURACY.items():
+            if not np.isfinite(summary.loc[summary["epochs"] == e, f"{metric}_mean"]).any():
+                continue
+            t = paper_table(summary, metric, int(e))
+            stem = f"top1_{name.lower()}_e{int(e)}"
+            paper[stem] = (t, f"{name} top-1 (%), {int(e)} epochs, mean ± 95% CI over seeds ({study.name})")
+            atomic_write_text(tabdir / f"{stem}.csv", to_csv(t))
+            if "md" in formats:
+                atomic_write_text(tabdir / f"{stem}.md", to_markdown(t))
+            if "tex" in formats:
+                atomic_write_text(tabdir / f"{stem}.tex", to_latex(t, paper[stem][1], f"tab:{study.name}:{stem}"))
+    if "md" in formats:
+        atomic_write_text(tabdir / "headline.md", to_markdown(head))
+    if "tex" in formats:
+        atomic_write_text(tabdir / "headline.tex", to_latex(head, f"Largest relative drop from the best batch size "
+                                                            f"({study.name}; references: ImageNet)", f"tab:{study.name}:headline"))
+
+    # ---- figures
+    figs: list[tuple[str, str]] = []
+    for metric, name in ACCURACY.items():
+        if np.isfinite(summary[f"{metric}_mean"]).any():
+            F.save(F.fig_accuracy(summary, metric), figdir, f"accuracy_{name.lower()}")
+            figs.append((f"accuracy_{name.lower()}", f"{name} top-1 vs batch size (mean and 95% CI band over seeds), "
+                         "one panel per epoch budget; last panel: published ImageNet curves (another scale)"))
+    F.save(F.fig_relative_drop(drop), figdir, "relative_drop")
+    figs.append(("relative_drop", "relative drop from each method's best batch size: ours (solid) vs published (dashed)"))
+    hm = "linear_top1" if np.isfinite(summary["linear_top1_mean"]).any() else "knn_top1"
+    F.save(F.fig_heatmap(summary, hm), figdir, "heatmap")
+    figs.append(("heatmap", f"mean {ACCURACY[hm]} top-1 (%) over batch size x epochs, per method"))
+    F.save(F.fig_collapse(summary), figdir, "collapse")
+    figs.append(("collapse", "collapse diagnostics vs batch size: effective rank and mean |off-diagonal corr|"))
+    fig, shown, total = F.fig_curves(runs, study.curves, max_curve_cells)
+    F.save(fig, figdir, "training_curves")
+    figs.append(("training_curves", f"training loss vs epoch, one line per cell (mean over finished seeds); "
+                 f"{shown} of {total} cells drawn"))
+    bias_dropped = 0
+    if study.bias is not None:
+        fig, bias_dropped = F.fig_bias(study.bias)
+        F.save(fig, figdir, "gradient_bias")
+    log(f"report: wrote tables and {len(figs) + (study.bias is not None)} figures")
+
+    # ---- document
+    prov = provenance(study)
+    commit = prov["git_commit"] or "unknown"
+    year = prov["date"][:4]
+    doc: list = [H(1, f"bsstudy report: {study.name}"),
+                 H(2, "Question"),
+                 P("How does the quality of self-supervised representations (linear-probe and kNN top-1) depend on "
+                   "the batch size, and on the epoch budget, for SimCLR, VICReg and unbiased VICReg? Does the "
+                   "unbiased objective remove VICReg's batch-size dependence? The headline number is each "
+                   "method's relative drop from its best batch size."),
+                 H(2, "Setup"), Ul(_setup(study)),
+                 P(f"Sweep hash (sha256 of plan.csv): `{study.plan_hash}`; bsstudy {__version__}, commit `{commit}`"
+                   + (" (with uncommitted changes)" if prov["git_dirty"] else "") + "."),
+                 H(2, "Headline: relative drop from the best batch size"), Table(head),
+                 H(2, "Reading"), P(reading(summary, head, runs, len(study.missing))),
+                 H(2, "Tables")]
+    doc.append(P("Cells: mean ± 95% Student-t CI half-width over seeds, in percent; only runs with status done are "
+                 "averaged (a cell with no finished run shows why). CSV, Markdown and LaTeX (booktabs) copies are in "
+                 "`tables/`; every run is in `runs.csv`, per-cell statistics (also collapse metrics) in `summary.csv`."))
+    for stem, (t, cap) in paper.items():
+        doc += [H(3, cap), Table(t)]
+    doc.append(H(3, "Published references (another dataset and scale)"))
+    ref_rows = []
+    for r in REFERENCES:
+        ref_rows.append({"method": r.label, **{str(b): f"{a:.1f}" for b, a in zip(r.batch_sizes, r.top1)}})
+    ref_b = sorted({b for r in REFERENCES for b in r.batch_sizes})
+    doc.append(Table(pd.DataFrame(ref_rows, columns=["method"] + [str(b) for b in ref_b]).fillna("")))
+    doc.append(Ul([f"{r.label}: {r.source}" + (f"; note: {r.note}" if r.note else "") for r in REFERENCES]))
+    doc.append(H(2, "Figures"))
+    for name, cap in figs:
+        doc.append(Img(f"figures/{name}.png", cap))
+    if total > shown:
+        doc.append(P(f"The training-curve figure draws {shown} of {total} cells (at most {max_curve_cells}, "
+                     "the smallest epoch budgets and batch sizes of each method first) to keep the report fast; "
+                     "every run's metrics.jsonl is in its run directory."))
+    if study.bias is not None:
+        val, lo, hi = F.bias_columns(study.bias)
+        b = study.bias.assign(series=F.bias_label(study.bias))
+        tab = b.pivot_table(index="series", columns="batch_size", values=val, aggfunc="first").sort_index()
+        tab = tab.map(lambda v: f"{v:.3g}" if np.isfinite(v) else "—").reset_index()
+        tab.columns = [str(c) for c in tab.columns]
+        doc += [H(2, "Gradient bias (bsstudy bias)"),
+                P("Relative bias of the minibatch gradient against the full-pool gradient, per objective and "
+                  "variance scheme, from `bias/bias.csv`."), Table(tab),
+                Img("figures/gradient_bias.png", "relative gradient bias vs batch size (log-log), CI bands")]
+        if bias_dropped:
+            doc.append(P(f"{bias_dropped} non-positive bias estimate(s) (bias below the noise floor) cannot be "
+                         "drawn on the log axis and are left off the figure; they are in the table."))
+    bad = runs[runs["status"] != "done"]
+    doc.append(H(2, "Failed and diverged runs"))
+    if len(bad):
+        doc.append(P(f"{len(bad)} run(s) did not finish normally. They are counted in summary.csv (n_diverged, "
+                     "n_failed) and excluded from all means and CIs."))
+        cols = [c for c in ("run_id", "status", "method_label", "batch_size", "epochs", "seed", "diverged_at_epoch",
+                            "error_line") if c in bad.columns]
+        shown_bad = bad[cols].astype(object).where(bad[cols].notna(), "")
+        doc.append(Table(shown_bad.rename(columns={"method_label": "method", "error_line": "error"})))
+    else:
+        doc.append(P("None."))
+    doc.append(H(2, "Missing cells"))
+    if len(study.missing):
+        cols = [c for c in ("run_id", "method", "batch_size", "epochs", "seed") if c in study.missing.columns]
+        doc += [P(f"{len(study.missing)} planned cell(s) have no result.json yet (pending, running or lost; "
+                  f"see `bsstudy status`)."), Table(study.missing[cols])]
+    else:
+        doc.append(P("None: every planned cell has a result."))
+    doc += [H(2, "How to cite"),
+            P("Cite the toolkit (see CITATION.cff) and this report's identity (study, sweep hash, commit):"),
+            Pre(f"@software{{bsstudy,\n  title   = {{bsstudy: batch-size studies of self-supervised learning}},\n"
+                f"  author  = {{{{bsstudy developers}}}},\n  version = {{{__version__}}},\n  year    = {{{year}}},\n"
+                f"  note    = {{git commit {commit}}}\n}}\n\n"
+                f"@misc{{bsstudy_report_{study.name},\n  title  = {{bsstudy report: {study.name}}},\n"
+                f"  author = {{{{bsstudy developers}}}},\n  year   = {{{year}}},\n"
+                f"  note   = {{study {study.name}, sweep hash {study.plan_hash[:16]}, bsstudy {__version__} "
+                f"commit {commit[:12]}}}\n}}"),
+            P("Provenance (versions, hardware, date, each run's config hash) is in provenance.json.")]
+
+    atomic_write_json(out / "provenance.json", prov)
+    if "md" in formats:
+        atomic_write_text(out / "report.md", to_md(doc))
+    if "html" in formats:
+        atomic_write_text(out / "report.html", to_html(doc, f"bsstudy report: {study.name}", out))
+    log(f"report: wrote {out}/" + ", ".join(f"report.{f}" for f in formats if f != "tex") + ", provenance.json")
+    return out

@@ -1,0 +1,259 @@
+"""Figures (matplotlib, Agg). Each ``fig_*`` returns a Figure whose Axes carry one labelled series per
+method (tests check them on the objects); :func:`save` writes PNG and PDF with dates stripped so the same
+data gives the same files. Plain matplotlib (seaborn's colorblind palette, hard-coded) keeps a 1,000-run
+report fast: importing seaborn alone costs about a second."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .references import REFERENCES  # noqa: E402
+from .tables import ACCURACY  # noqa: E402
+
+# seaborn "colorblind"
+PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
+           "#56b4e9"]
+DPI = 100
+
+
+def colors(methods) -> dict:
+    """A stable colour per method label (sorted order)."""
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(sorted(methods))}
+
+
+def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    """Write ``name``.png and ``name``.pdf (no creation dates, no software string) and close the figure."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, pdf = out_dir / f"{name}.png", out_dir / f"{name}.pdf"
+    fig.savefig(png, dpi=DPI, metadata={"Software": None})
+    fig.savefig(pdf, metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+    plt.close(fig)
+    return [png, pdf]
+
+
+def _layout(fig: Figure, hspace: float = 0.3) -> None:
+    """Fixed margins instead of tight_layout, which draws the whole figure once more (slow at 1,000 runs)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=0.7 / w, right=1 - 0.2 / w, bottom=0.75 / h, top=1 - 0.4 / h, wspace=0.35,
+                        hspace=hspace)
+
+
+def _log2_axis(ax, batch_sizes) -> None:
+    ax.set_xscale("log", base=2)
+    bs = sorted(set(int(b) for b in batch_sizes))
+    ax.set_xticks(bs)
+    ax.set_xticklabels([str(b) for b in bs], rotation=45 if len(bs) > 5 else 0)
+    ax.minorticks_off()
+
+
+def fig_accuracy(summary: pd.DataFrame, metric: str = "linear_top1", references: bool = True) -> Figure:
+    """Top-1 (%) vs batch size: one panel per epoch budget (one line + 95% CI band per method), then the
+    published reference curves in their own panel (ImageNet: another dataset and scale)."""
+    epochs = sorted(summary["epochs"].unique())
+    n = len(epochs) + (1 if references else 0)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+    col = colors(summary["method_label"].unique())
+    for ax, e in zip(axes[0], epochs):
+        s = summary[summary["epochs"] == e]
+        for method, g in s.groupby("method_label", sort=True):
+            g = g.sort_values("batch_size")
+            x, y, ci = g["batch_size"].to_numpy(), 100 * g[f"{metric}_mean"].to_numpy(), 100 * g[f"{metric}_ci95"].to_numpy()
+            ax.plot(x, y, marker="o", color=col[method], label=method)
+            ok = np.isfinite(ci)
+            if ok.any():
+                ax.fill_between(x[ok], (y - ci)[ok], (y + ci)[ok], color=col[method], alpha=0.2, linewidth=0)
+        _log2_axis(ax, s["batch_size"])
+        ax.set_title(f"ours, {e} epochs")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(f"{ACCURACY[metric]} top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower center")
+    if references:
+        ax = axes[0][-1]
+        for i, ref in enumerate(REFERENCES):
+            ax.plot(ref.batch_sizes, ref.top1, marker="s", linestyle="--", color=PALETTE[-1 - i], label=ref.label)
+        _log2_axis(ax, [b for r in REFERENCES for b in r.batch_sizes])
+        ax.set_title("published (ImageNet, 100 ep): other scale")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("linear top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower center")
+    _layout(fig)
+    return fig
+
+
+def fig_relative_drop(drop: pd.DataFrame, metric: str = "linear_top1") -> Figure:
+    """Relative drop (%) from each method's best batch size: ours at the largest epoch budget (solid)
+    and the published curves (dashed), on one axis; this is how ours and the references are compared."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ours = drop[(drop["source"] == "ours") & (drop["metric"] == metric)]
+    if len(ours):
+        e = ours["epochs"].max()
+        ours = ours[ours["epochs"] == e]
+        col = colors(ours["method"].unique())
+        for method, g in ours.groupby("method", sort=True):
+            ax.plot(g["batch_size"], g["rel_drop_pct"], marker="o", color=col[method], label=f"{method} (ours, {e} ep)")
+    refs = drop[drop["source"] == "reference"]
+    for i, (method, g) in enumerate(refs.groupby("method", sort=True)):
+        ax.plot(g["batch_size"], g["rel_drop_pct"], marker="s", linestyle="--", color=PALETTE[-1 - i], label=method)
+    _log2_axis(ax, drop["batch_size"])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("relative drop from best B (%)")
+    ax.set_title(f"{ACCURACY[metric]} top-1: drop from each method's best batch size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    _layout(fig)
+    return fig
+
+
+def fig_heatmap(summary: pd.DataFrame, metric: str = "linear_top1") -> Figure:
+    """Mean top-1 (%) over batch size x epochs, one panel per method (shared colour scale)."""
+    methods = sorted(summary["method_label"].unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods) + 0.8, 3.2), squeeze=False)
+    vals = 100 * summary[f"{metric}_mean"]
+    vmin, vmax = (np.nanmin(vals), np.nanmax(vals)) if np.isfinite(vals).any() else (0, 100)
+    bs, es = sorted(summary["batch_size"].unique()), sorted(summary["epochs"].unique())
+    im = None
+    for ax, method in zip(axes[0], methods):
+        g = summary[summary["method_label"] == method].pivot(index="epochs", columns="batch_size",
+                                                              values=f"{metric}_mean").reindex(index=es, columns=bs)
+        m = 100 * g.to_numpy(dtype=float)
+        im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto", origin="lower")
+        if m.size <= 120:  # annotate small grids only (readability and speed)
+            for (i, j), v in np.ndenumerate(m):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < (vmin + vmax) / 2 else "black")
+        ax.set_xticks(range(len(bs)), [str(b) for b in bs], rotation=45 if len(bs) > 5 else 0)
+        ax.set_yticks(range(len(es)), [str(e) for e in es])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("epochs")
+        ax.set_title(method, fontsize=9)
+        ax.set_label(method)
+    if im is not None:
+        fig.colorbar(im, ax=axes[0].tolist(), label=f"{ACCURACY[metric]} top-1 (%)")
+    return fig
+
+
+def fig_collapse(summary: pd.DataFrame) -> Figure:
+    """Collapse diagnostics vs batch size: effective rank (top row) and mean |corr| (bottom row), one column
+    per epoch budget, one line (with 95% CI band) per method."""
+    epochs = sorted(summary["epochs"].unique())
+    metrics = [("collapse.effective_rank", "effective rank"), ("collapse.avg_abs_corr", "mean |corr|")]
+    fig, axes = plt.subplots(2, len(epochs), figsize=(4.2 * len(epochs), 6), squeeze=False)
+    col = colors(summary["method_label"].unique())
+    for j, e in enumerate(epochs):
+        s = summary[summary["epochs"] == e]
+        for i, (m, name) in enumerate(metrics):
+            ax = axes[i][j]
+            for method, g in s.groupby("method_label", sort=True):
+                g = g.sort_values("batch_size")
+                x, y, ci = g["batch_size"].to_numpy(), g[f"{m}_mean"].to_numpy(), g[f"{m}_ci95"].to_numpy()
+                ax.plot(x, y, marker="o", color=col[method], label=method)
+                ok = np.isfinite(ci)
+                if ok.any():
+                    ax.fill_between(x[ok], (y - ci)[ok], (y + ci)[ok], color=col[method], alpha=0.2, linewidth=0)
+            _log2_axis(ax, s["batch_size"])
+            ax.set_ylabel(name)
+            ax.set_xlabel("batch size")
+            ax.set_title(f"{name}, {e} epochs", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.legend(fontsize=7, loc="lower right")
+    _layout(fig, hspace=0.45)
+    return fig
+
+
+def bias_columns(bias: pd.DataFrame) -> tuple[str, str | None, str | None]:
+    """(value, ci_low, ci_high) column names of bias.csv (``rel_bias_ci_low`` or plain ``ci_low``)."""
+    lo = next((c for c in ("rel_bias_ci_low", "ci_low") if c in bias.columns), None)
+    hi = next((c for c in ("rel_bias_ci_high", "ci_high") if c in bias.columns), None)
+    return "rel_bias", lo, hi
+
+
+def bias_label(bias: pd.DataFrame) -> pd.Series:
+    """Series label per row: ``label`` if present, else objective[/scheme]."""
+    if "label" in bias.columns:
+        return bias["label"].astype(str)
+    obj = bias["objective"].astype(str) if "objective" in bias.columns else pd.Series("objective", index=bias.index)
+    if "scheme" in bias.columns:
+        sch = bias["scheme"].fillna("").astype(str)
+        return obj.where(sch == "", obj + "/" + sch)
+    return obj
+
+
+def fig_bias(bias: pd.DataFrame) -> tuple[Figure, int]:
+    """Relative gradient bias vs batch size (log-log), one line with CI band per objective/scheme.
+    Returns (figure, number of non-positive values left off the log axis)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    val, lo, hi = bias_columns(bias)
+    labels = bias_label(bias)
+    dropped = 0
+    for i, lab in enumerate(sorted(labels.unique())):
+        g = bias[labels == lab].sort_values("batch_size")
+        y = pd.to_numeric(g[val], errors="coerce").to_numpy(dtype=float)
+        x = g["batch_size"].to_numpy(dtype=float)
+        ok = np.isfinite(y) & (y > 0)
+        dropped += int((~ok).sum())
+        ax.plot(x[ok], y[ok], marker="o", color=PALETTE[i % len(PALETTE)], label=lab)
+        if lo and hi:
+            yl = pd.to_numeric(g[lo], errors="coerce").to_numpy(dtype=float)
+            yh = pd.to_numeric(g[hi], errors="coerce").to_numpy(dtype=float)
+            band = ok & np.isfinite(yl) & np.isfinite(yh)
+            if band.any():
+                floor = np.nanmin(y[ok]) / 10 if ok.any() else 1e-12
+                ax.fill_between(x[band], np.maximum(yl[band], floor), yh[band], color=PALETTE[i % len(PALETTE)],
+                                alpha=0.15, linewidth=0)
+    ax.set_yscale("log")
+    _log2_axis(ax, bias["batch_size"])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("relative gradient bias")
+    ax.set_title("gradient bias vs batch size (bsstudy bias)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower left")
+    _layout(fig)
+    return fig, dropped
+
+
+def fig_curves(runs: pd.DataFrame, curves: pd.DataFrame, max_cells: int = 36) -> tuple[Figure, int, int]:
+    """Training loss vs epoch per cell (method x B x epochs; mean over seeds of runs that are done), one
+    panel per method, one line per cell. At most ``max_cells`` cells are drawn (smallest epochs/B first):
+    returns (figure, cells drawn, cells in total)."""
+    done = runs[runs["status"] == "done"][["run_id", "method_label", "batch_size", "epochs"]]
+    c = curves.merge(done, on="run_id") if len(curves) and "loss" in curves.columns else pd.DataFrame()
+    methods = sorted(runs["method_label"].unique())
+    cells = sorted({(m, int(b), int(e)) for m, b, e in c[["method_label", "batch_size", "epochs"]].itertuples(
+        index=False)}) if len(c) else []
+    per_method = max(1, math.ceil(max_cells / max(1, len(methods))))
+    keep = []
+    for m in methods:
+        mine = sorted([x for x in cells if x[0] == m], key=lambda x: (x[2], x[1]))
+        keep += mine[:per_method]
+    keep = set(keep[:max_cells])
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
+    if len(c):
+        mean = c.groupby(["method_label", "batch_size", "epochs", "epoch"], sort=True)["loss"].mean().reset_index()
+    for ax, m in zip(axes[0], methods):
+        mine = sorted(k for k in keep if k[0] == m)
+        bs = sorted({k[1] for k in mine})
+        cmap = plt.get_cmap("viridis")
+        for _, b, e in mine:
+            g = mean[(mean["method_label"] == m) & (mean["batch_size"] == b) & (mean["epochs"] == e)]
+            shade = cmap(bs.index(b) / max(1, len(bs) - 1))
+            ax.plot(g["epoch"], g["loss"], color=shade, label=f"B={b}, {e} ep", linewidth=1)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+        if 0 < len(mine) <= 12:
+            ax.legend(fontsize=6, loc="upper right")
+    _layout(fig)
+    return fig, len(keep), len(cells)

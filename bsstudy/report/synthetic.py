@@ -1,0 +1,140 @@
+"""Fabricated study directories (plan.csv, runs/*/{config.yaml,result.json,metrics.jsonl}) in the exact
+layout of shared/DESIGN.md, for the report's tests and benchmark until real runs exist.
+
+Accuracies follow a simple, documented model (a method-specific batch-size optimum plus seeded noise), so
+tests can compute the expected tables by hand from the files written here.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..config import config_hash
+
+Cell = tuple  # (method, batch_size, epochs, seed)
+
+# method -> (peak linear top-1, log2 of the best batch size, curvature per log2 step squared)
+_MODEL = {"simclr": (0.86, 10.0, 0.004), "vicreg": (0.87, 8.0, 0.0015), "vicreg_unbiased": (0.872, 8.0, 0.0008)}
+
+
+def default_accuracy(method: str, batch_size: int, epochs: int, seed: int) -> tuple[float, float]:
+    """(linear_top1, knn_top1) of the synthetic model; deterministic in its arguments."""
+    peak, logb, curv = _MODEL.get(method, (0.8, 8.0, 0.002))
+    rng = np.random.default_rng(zlib.crc32(f"{method}/{batch_size}/{epochs}/{seed}".encode()))
+    base = peak - curv * (math.log2(batch_size) - logb) ** 2 - 0.05 / math.sqrt(epochs)
+    lin = float(np.clip(base + rng.normal(0, 0.004), 0, 1))
+    return lin, float(np.clip(lin - 0.02 + rng.normal(0, 0.003), 0, 1))
+
+
+@dataclass
+class SyntheticStudy:
+    """What :func:`write_study` wrote: the study directory and the cells by outcome."""
+
+    root: Path
+    run_ids: dict = field(default_factory=dict)        # cell -> run_id
+    results: dict = field(default_factory=dict)        # run_id -> result dict (as written)
+
+
+def make_config(study: str, method: str, batch_size: int, epochs: int, seed: int,
+                variance: str = "jackknife") -> dict:
+    """A resolved run config with the keys the report reads (shape of bsstudy/conf, abridged)."""
+    loss = {"inv_coeff": 25.0, "var_coeff": 25.0, "cov_coeff": 1.0}
+    if method == "simclr":
+        loss = {"temperature": 0.5}
+    if method == "vicreg_unbiased":
+        loss.update(variance=variance, cov_target="identity")
+    base_lr = 0.3 if method == "simclr" else 0.2
+    return {
+        "study": study, "batch_size": batch_size, "epochs": epochs, "seed": seed,
+        "method": {"name": method, "loss": loss, "base_lr": base_lr, "lr_scaling": "linear"},
+        "dataset": {"name": "fashion_mnist", "image_size": 28, "channels": 1, "num_classes": 10},
+        "model": {"name": "small_cnn", "width": 32, "feature_dim": 256},
+        "optim": {"name": "lars", "weight_decay": 1e-6, "warmup_epochs": 1, "schedule": "cosine"},
+        "lr": {"base": base_lr, "scaling": "linear", "effective": base_lr * batch_size / 256},
+        "out": None,
+    }
+
+
+def write_study(root: Path | str, methods: Iterable[str] = ("simclr", "vicreg", "vicreg_unbiased"),
+                batch_sizes: Iterable[int] = (64, 256, 1024), epochs: Iterable[int] = (5,),
+                seeds: Iterable[int] = (0, 1, 2), *, study: str | None = None,
+                diverged: Iterable[Cell] = (), failed: Iterable[Cell] = (), missing: Iterable[Cell] = (),
+                accuracy: Callable[[str, int, int, int], tuple[float, float]] = default_accuracy,
+                metrics_epochs: int | None = None) -> SyntheticStudy:
+    """Write ``root`` = results/<study>/ with one run per (method, B, E, seed) cell.
+
+    ``diverged``/``failed`` cells get that status (no accuracies); ``missing`` cells are planned but have
+    no result.json. ``metrics_epochs`` caps the lines of metrics.jsonl (default: the run's epochs).
+    """
+    root = Path(root)
+    study = study or root.name
+    diverged, failed, missing = set(map(tuple, diverged)), set(map(tuple, failed)), set(map(tuple, missing))
+    out = SyntheticStudy(root)
+    plan_rows = []
+    import yaml  # noqa: PLC0415 (only the writer needs it)
+
+    for m in methods:
+        for b in batch_sizes:
+            for e in epochs:
+                for s in seeds:
+                    cell = (m, b, e, s)
+                    cfg = make_config(study, m, b, e, s)
+                    h = config_hash(cfg)
+                    rid = f"{m}-b{b}-e{e}-s{s}-{h[:8]}"
+                    out.run_ids[cell] = rid
+                    rdir = root / "runs" / rid
+                    rdir.mkdir(parents=True, exist_ok=True)
+                    cfg["out"] = str(rdir)
+                    (rdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
+                    plan_rows.append({"run_id": rid, "method": m, "batch_size": b, "epochs": e, "seed": s,
+                                      "lr": cfg["lr"]["effective"]})
+                    if cell in missing:
+                        continue
+                    status = "diverged" if cell in diverged else "failed" if cell in failed else "done"
+                    lin, knn = accuracy(m, b, e, s)
+                    n_ep = e if status == "done" else max(1, e // 2)
+                    n_ep = min(n_ep, metrics_epochs) if metrics_epochs else n_ep
+                    lines = []
+                    for ep in range(n_ep):
+                        loss = 10.0 / (1 + ep) + 0.01 * s
+                        if status == "diverged" and ep == n_ep - 1:
+                            loss = float("nan")
+                        lines.append(json.dumps({"epoch": ep, "loss": loss if math.isfinite(loss) else None,
+                                                 "lr": cfg["lr"]["effective"], "seconds": 1.0,
+                                                 "images_per_second": 1000.0}, sort_keys=True))
+                    (rdir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+                    res = {
+                        "schema": 1, "run_id": rid, "study": study, "status": status, "method": m,
+                        "batch_size": b, "epochs": e, "seed": s, "lr": cfg["lr"]["effective"],
+                        "dataset": "fashion_mnist", "backbone": "small_cnn",
+                        "linear_top1": lin if status == "done" else None,
+                        "knn_top1": knn if status == "done" else None,
+                        "final_loss": 10.0 / e if status == "done" else None,
+                        "diverged_at_epoch": n_ep - 1 if status == "diverged" else None,
+                        "collapse": ({"effective_rank": 40.0 + math.log2(b) + s, "avg_abs_corr": 0.1 + 0.01 * s,
+                                      "min_std": 0.05, "mean_std": 0.2} if status == "done" else
+                                     {"effective_rank": None, "avg_abs_corr": None, "min_std": None,
+                                      "mean_std": None}),
+                        "train_seconds": 10.0 * e, "images_per_second": 1000.0, "device": "cpu",
+                        "git_commit": "0" * 40, "versions": {"torch": "2.14.1", "bsstudy": "0.1.0"},
+                        "config_hash": h, "finished_at": "2026-01-01T00:00:00Z",
+                    }
+                    if status == "failed":
+                        res["error"] = f"RuntimeError: injected failure at epoch {n_ep}"
+                    if status == "diverged":
+                        res["error"] = f"loss is nan at epoch {n_ep - 1}"
+                    (rdir / "result.json").write_text(json.dumps(res, indent=2, sort_keys=True))
+                    out.results[rid] = res
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "plan.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["run_id", "method", "batch_size", "epochs", "seed", "lr"])
+        w.writeheader()
+        w.writerows(plan_rows)
+    return out

@@ -1,0 +1,174 @@
+"""Aggregation and tables: per-run table, per-cell summary with 95% Student-t CIs over seeds, the seed
+papers' layout (method x batch size, "mean ± ci" in percent), and relative drops from each method's best
+batch size. Every function is deterministic (sorted rows, fixed float formats)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .references import REFERENCES, relative_drops
+
+ACCURACY = {"linear_top1": "linear", "knn_top1": "kNN"}
+SUMMARY_METRICS = ("linear_top1", "knn_top1", "collapse.effective_rank", "collapse.avg_abs_corr",
+                   "collapse.min_std", "collapse.mean_std")
+KEYS = ["method_label", "batch_size", "epochs"]
+FLOAT_FORMAT = "%.6g"
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    """CSV text with a fixed float format (byte-stable for the same data)."""
+    return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+
+
+def ci95(values) -> tuple[float, float, int, float]:
+    """(mean, sample std, n, 95% Student-t CI half-width) of the finite values; NaN where undefined."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0, math.nan
+    mean = float(v.mean())
+    if n == 1:
+        return mean, math.nan, 1, math.nan
+    std = float(v.std(ddof=1))
+    return mean, std, n, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per method x batch size x epochs: run counts by status, and mean/std/n/ci95 of each metric
+    over the seeds of runs with status ``done`` (diverged and failed runs are counted, never averaged)."""
+    rows = []
+    for key, g in runs.groupby(KEYS, sort=True):
+        row = dict(zip(KEYS, key))
+        st = g["status"]
+        row.update(runs_total=len(g), n_done=int((st == "done").sum()), n_diverged=int((st == "diverged").sum()),
+                   n_failed=int((st == "failed").sum()))
+        done = g[st == "done"]
+        for m in SUMMARY_METRICS:
+            vals = pd.to_numeric(done[m], errors="coerce").to_numpy() if m in done.columns else []
+            mean, std, n, ci = ci95(vals)
+            row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_n": n, f"{m}_ci95": ci})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["batch_size"] = out["batch_size"].astype(int)
+    out["epochs"] = out["epochs"].astype(int)
+    return out.sort_values(KEYS).reset_index(drop=True)
+
+
+def _cell(mean: float, ci: float, n: int, st: dict) -> str:
+    if n == 0:
+        bad = [f"{k}" for k in ("diverged", "failed") if st.get(k)]
+        return " / ".join(bad) if bad else "—"
+    if n == 1 or not np.isfinite(ci):
+        return f"{100 * mean:.1f} (n=1)"
+    return f"{100 * mean:.1f} ± {100 * ci:.1f}"
+
+
+def paper_table(summary: pd.DataFrame, metric: str, epochs: int) -> pd.DataFrame:
+    """Seed-paper layout for one epoch budget: rows = method, columns = batch size, "mean ± ci" (%)."""
+    s = summary[summary["epochs"] == epochs]
+    bs = sorted(s["batch_size"].unique())
+    rows = []
+    for method, g in s.groupby("method_label", sort=True):
+        row = {"method": method}
+        by_b = {int(r["batch_size"]): r for _, r in g.iterrows()}
+        for b in bs:
+            r = by_b.get(int(b))
+            row[str(b)] = "" if r is None else _cell(r[f"{metric}_mean"], r[f"{metric}_ci95"], int(r[f"{metric}_n"]),
+                                                       {"diverged": r["n_diverged"], "failed": r["n_failed"]})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["method"] + [str(b) for b in bs])
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub pipe table (first column left-aligned, the rest right-aligned)."""
+    cols = [str(c) for c in df.columns]
+
+    def esc(x) -> str:
+        return str(x).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(c) for c in cols) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(cols) - 1)) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(esc(_fmt(x)) for x in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(x) -> str:
+    if isinstance(x, (float, np.floating)):
+        return "—" if not np.isfinite(x) else f"{x:.4g}"
+    return str(x)
+
+
+_TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(s: str) -> str:
+    """Escape LaTeX specials in plain text."""
+    return "".join(_TEX.get(ch, ch) for ch in s)
+
+
+def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}); "±" becomes $\\pm$, "—" becomes --."""
+    def cell(x) -> str:
+        t = tex_escape(_fmt(x)).replace("±", r"$\pm$").replace("—", "--")
+        return t
+
+    cols = [str(c) for c in df.columns]
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}", r"\toprule",
+             " & ".join(tex_escape(c) for c in cols) + r" \\", r"\midrule"]
+    for row in df.itertuples(index=False):
+        lines.append(" & ".join(cell(x) for x in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{cell(caption)}}}", rf"\label{{{label}}}",
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def relative_drop(summary: pd.DataFrame) -> pd.DataFrame:
+    """Long table: for ours (per method, epochs, metric) and each reference, the mean top-1 (%) at each batch
+    size, the best batch size and the relative drop from the best in percent. Ties go to the smaller B."""
+    rows = []
+    for metric in ACCURACY:
+        col = f"{metric}_mean"
+        for (method, epochs), g in summary.groupby(["method_label", "epochs"], sort=True):
+            g = g[np.isfinite(g[col])].sort_values("batch_size")
+            if g.empty:
+                continue
+            best_i = max(range(len(g)), key=lambda i: (g[col].iloc[i], -g["batch_size"].iloc[i]))
+            best, best_b = 100 * g[col].iloc[best_i], int(g["batch_size"].iloc[best_i])
+            for _, r in g.iterrows():
+                acc = 100 * r[col]
+                rows.append(dict(source="ours", method=method, dataset="", epochs=int(epochs), metric=metric,
+                                 batch_size=int(r["batch_size"]), top1_pct=acc, best_batch_size=best_b,
+                                 best_top1_pct=best, rel_drop_pct=100 * (best - acc) / best,
+                                 ci95_pct=100 * r[f"{metric}_ci95"]))
+    for ref in REFERENCES:
+        best_b, best, drops = relative_drops(ref)
+        for b, acc, d in zip(ref.batch_sizes, ref.top1, drops):
+            rows.append(dict(source="reference", method=ref.label, dataset=ref.dataset, epochs=ref.epochs,
+                             metric="linear_top1", batch_size=b, top1_pct=acc, best_batch_size=best_b,
+                             best_top1_pct=best, rel_drop_pct=d, ci95_pct=math.nan))
+    df = pd.DataFrame(rows)
+    return df.sort_values(["source", "metric", "method", "epochs", "batch_size"], kind="stable").reset_index(drop=True)
+
+
+def headline(drop: pd.DataFrame) -> pd.DataFrame:
+    """Per method (ours and references), epochs and metric: best B and the largest relative drop from it,
+    over the batch sizes that source covers (the study's headline number)."""
+    rows = []
+    for (source, metric, method, epochs), g in drop.groupby(["source", "metric", "method", "epochs"], sort=True):
+        worst = g.loc[g["rel_drop_pct"].idxmax()]
+        bs = g["batch_size"]
+        rows.append(dict(source=source, method=method, epochs=int(epochs), metric=ACCURACY.get(metric, metric),
+                         batch_sizes=f"{int(bs.min())}–{int(bs.max())}", best_batch_size=int(worst["best_batch_size"]),
+                         best_top1_pct=round(float(worst["best_top1_pct"]), 2), worst_batch_size=int(worst["batch_size"]),
+                         worst_top1_pct=round(float(worst["top1_pct"]), 2),
+                         max_rel_drop_pct=round(float(worst["rel_drop_pct"]), 2)))
+    df = pd.DataFrame(rows)
+    order = {"ours": 0, "reference": 1, "linear": 0, "kNN": 1}
+    return df.sort_values(["source", "metric", "epochs", "method"],
+                          key=lambda s: s.map(order) if s.name in ("source", "metric") else s,
+                          kind="stable").reset_index(drop=True)
