@@ -1,0 +1,407 @@
+"""Batched two-view SSL augmentation on the training device (no PIL, no workers, no per-sample Python).
+
+Every sample of a batch gets its OWN random parameters, drawn as ``(B,)`` tensors from a caller-supplied
+``torch.Generator``; the ops then run on the whole batch at once:
+
+    random resized crop + horizontal flip   one separable bilinear resample: out = Ay @ img @ Ax^T
+    colour jitter (prob jitter_p)           brightness -> contrast -> saturation -> hue (fixed order)
+    random grayscale                        ITU-R 601 weights, replicated to 3 channels
+    Gaussian blur (per-sample sigma)        separable grouped convolution, reflect padding
+    solarize                                x >= 0.5 -> 1 - x
+
+Each op follows torchvision's functional semantics on float images in [0, 1] (tests compare them one
+image at a time against ``torchvision.transforms.v2.functional``). Differences from torchvision's
+``ColorJitter``: the four jitter ops run in the fixed order above rather than a random permutation per
+image. Parameters are drawn on the generator's device, so a CPU generator gives the same parameters
+whether the images are on CPU or GPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from bsstudy.errors import UserError
+
+# ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
+_GRAY = (0.2989, 0.587, 0.114)
+SOLARIZE_THRESHOLD = 0.5  # on [0, 1] floats (torchvision's RandomSolarize(0.5) for float images)
+
+_VIEW_KEYS = ("crop_scale", "crop_ratio", "hflip_p", "jitter_p", "brightness", "contrast", "saturation",
+              "hue", "grayscale_p", "blur_p", "blur_sigma", "solarize_p")
+
+
+def _get(cfg: Any, key: str) -> Any:
+    """Read ``key`` from a dict-like or attribute config (OmegaConf DictConfig, dict, dataclass)."""
+    if isinstance(cfg, Mapping):
+        if key not in cfg:
+            raise UserError(f"dataset config is missing key '{key}'")
+        return cfg[key]
+    if not hasattr(cfg, key):
+        raise UserError(f"dataset config is missing key '{key}'")
+    return getattr(cfg, key)
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Augmentation settings of one view (``dataset.augment.view1`` / ``view2``)."""
+
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    hflip_p: float
+    jitter_p: float
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    grayscale_p: float
+    blur_p: float
+    blur_sigma: tuple[float, float]
+    solarize_p: float
+
+    @classmethod
+    def from_cfg(cls, cfg: Any, name: str = "view") -> "ViewConfig":
+        """Validate a view's config (one-line UserError naming the bad key)."""
+        v = {k: _get(cfg, k) for k in _VIEW_KEYS}
+        for k in ("crop_scale", "crop_ratio", "blur_sigma"):
+            pair = tuple(float(a) for a in v[k])
+            if len(pair) != 2 or not (0 < pair[0] <= pair[1]):
+                raise UserError(f"augment.{name}.{k} must be [lo, hi] with 0 < lo <= hi, got {list(v[k])}")
+            v[k] = pair
+        if v["crop_scale"][1] > 1.0:
+            raise UserError(f"augment.{name}.crop_scale must lie in (0, 1], got {list(v['crop_scale'])}")
+        for k in ("hflip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            v[k] = float(v[k])
+            if not 0.0 <= v[k] <= 1.0:
+                raise UserError(f"augment.{name}.{k} must be a probability in [0, 1], got {v[k]}")
+        for k in ("brightness", "contrast", "saturation"):
+            v[k] = float(v[k])
+            if v[k] < 0:
+                raise UserError(f"augment.{name}.{k} must be >= 0, got {v[k]}")
+        v["hue"] = float(v["hue"])
+        if not 0.0 <= v["hue"] <= 0.5:
+            raise UserError(f"augment.{name}.hue must lie in [0, 0.5], got {v['hue']}")
+        return cls(**v)
+
+
+@dataclass
+class ViewParams:
+    """Per-sample parameters of one view; every field is a ``(B,)`` tensor."""
+
+    top: torch.Tensor        # int64 crop box in input pixels
+    left: torch.Tensor
+    height: torch.Tensor
+    width: torch.Tensor
+    flip: torch.Tensor       # bool
+    jitter: torch.Tensor     # bool: colour jitter applied
+    brightness: torch.Tensor  # float factors (1 = identity); only meaningful where jitter
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor        # float shift in [-0.5, 0.5]
+    gray: torch.Tensor       # bool
+    blur: torch.Tensor       # bool
+    sigma: torch.Tensor      # float blur sigma
+    solarize: torch.Tensor   # bool
+
+    def to(self, device: torch.device | str) -> "ViewParams":
+        """Move all parameter tensors to ``device``."""
+        return ViewParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+# ---------------------------------------------------------------- parameter sampling
+
+
+def _uniform(lo: float, hi: float, n: int, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g, device=g.device, dtype=torch.float64)
+
+
+def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
+                      ratio: tuple[float, float], g: torch.Generator, attempts: int = 10
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RandomResizedCrop boxes ``(top, left, h, w)`` for ``n`` samples, torchvision's algorithm vectorised.
+
+    Up to ``attempts`` candidates (area ~ U(scale) * H*W, log aspect ~ U(log ratio)) per sample; the first
+    that fits is taken; samples with none fall back to a centre crop with the aspect clamped to ``ratio``.
+    """
+    area = height * width
+    target = area * _uniform(scale[0], scale[1], n * attempts, g).view(n, attempts)
+    log_r = _uniform(math.log(ratio[0]), math.log(ratio[1]), n * attempts, g).view(n, attempts)
+    aspect = torch.exp(log_r)
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    has = ok.any(dim=1)
+    first = torch.argmax(ok.to(torch.int8), dim=1)  # index of the first valid attempt
+    h_sel = h.gather(1, first[:, None]).squeeze(1)
+    w_sel = w.gather(1, first[:, None]).squeeze(1)
+    # Fallback (torchvision): centre crop, aspect clamped into the ratio range.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fh, fw = height, int(round(height * ratio[1]))
+    else:
+        fw, fh = width, height
+    h_sel = torch.where(has, h_sel, torch.full_like(h_sel, fh))
+    w_sel = torch.where(has, w_sel, torch.full_like(w_sel, fw))
+    # Uniform integer offsets in [0, H-h] and [0, W-w] (inclusive), as torch.randint(0, H-h+1).
+    u = torch.rand(2, n, generator=g, device=g.device, dtype=torch.float64)
+    top = torch.floor(u[0] * (height - h_sel + 1)).long().clamp_max(height - h_sel)
+    left = torch.floor(u[1] * (width - w_sel + 1)).long().clamp_max(width - w_sel)
+    top = torch.where(has, top, (height - h_sel) // 2)
+    left = torch.where(has, left, (width - w_sel) // 2)
+    return top, left, h_sel, w_sel
+
+
+def sample_view_params(cfg: ViewConfig, n: int, height: int, width: int, g: torch.Generator) -> ViewParams:
+    """Draw independent per-sample parameters of one view for a batch of ``n`` images of size HxW."""
+    top, left, h, w = sample_crop_boxes(n, height, width, cfg.crop_scale, cfg.crop_ratio, g)
+
+    def coin(p: float) -> torch.Tensor:
+        return torch.rand(n, generator=g, device=g.device) < p
+
+    def factor(s: float) -> torch.Tensor:
+        return _uniform(max(0.0, 1.0 - s), 1.0 + s, n, g).float()
+
+    return ViewParams(
+        top=top, left=left, height=h, width=w,
+        flip=coin(cfg.hflip_p),
+        jitter=coin(cfg.jitter_p),
+        brightness=factor(cfg.brightness),
+        contrast=factor(cfg.contrast),
+        saturation=factor(cfg.saturation),
+        hue=_uniform(-cfg.hue, cfg.hue, n, g).float(),
+        gray=coin(cfg.grayscale_p),
+        blur=coin(cfg.blur_p),
+        sigma=_uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n, g).float(),
+        solarize=coin(cfg.solarize_p),
+    )
+
+
+# ---------------------------------------------------------------- batched ops (float images in [0, 1])
+
+
+def _interp_matrix(start: torch.Tensor, size: torch.Tensor, n_in: int, n_out: int, flip: torch.Tensor | None,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """(B, n_out, n_in) bilinear weights resampling [start, start+size) to n_out pixels (align_corners=False).
+
+    Source coordinates are clamped to the crop, like ``F.interpolate`` on the cropped image; reversing
+    the output axis implements a horizontal flip for free.
+    """
+    b = start.shape[0]
+    dev = start.device
+    x = torch.arange(n_out, device=dev, dtype=torch.float64)
+    s = size.to(torch.float64)[:, None]
+    src = (x[None, :] + 0.5) * (s / n_out) - 0.5
+    src = torch.minimum(src.clamp_min(0.0), s - 1)
+    if flip is not None:
+        src = torch.where(flip[:, None], src.flip(1), src)
+    i0 = torch.floor(src)
+    frac = src - i0
+    i0 = i0.long()
+    i1 = torch.minimum(i0 + 1, size[:, None] - 1)
+    i0 = i0 + start[:, None]
+    i1 = i1 + start[:, None]
+    m = torch.zeros(b, n_out, n_in, device=dev, dtype=torch.float64)
+    m.scatter_add_(2, i0[..., None], (1 - frac)[..., None])
+    m.scatter_add_(2, i1[..., None], frac[..., None])
+    return m.to(dtype)
+
+
+def resized_crop_flip(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor,
+                      width: torch.Tensor, flip: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """Per-sample crop ``x[:, :, top:top+h, left:left+w]``, bilinear resize to ``out_size``, optional hflip."""
+    _, _, h_in, w_in = x.shape
+    ay = _interp_matrix(top, height, h_in, out_size[0], None, x.dtype)   # (B, Ho, H)
+    ax = _interp_matrix(left, width, w_in, out_size[1], flip, x.dtype)  # (B, Wo, W)
+    # (B,1,Ho,H) @ (B,C,H,W) @ (B,1,W,Wo) -> (B,C,Ho,Wo)
+    return torch.matmul(torch.matmul(ay[:, None], x), ax.transpose(1, 2)[:, None])
+
+
+def _bcast(f: torch.Tensor) -> torch.Tensor:
+    return f.view(-1, 1, 1, 1)
+
+
+def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(B,3,H,W) -> (B,1,H,W) luma."""
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Per-sample brightness: ``clamp(f * x, 0, 1)``."""
+    return (x * _bcast(factor)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Per-sample contrast: blend with the image's mean luma."""
+    gray = rgb_to_grayscale(x) if x.shape[1] == 3 else x
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+    f = _bcast(factor)
+    return (f * x + (1 - f) * mean).clamp_(0.0, 1.0)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Per-sample saturation: blend with the grayscale image (identity for 1 channel)."""
+    if x.shape[1] != 3:
+        return x
+    f = _bcast(factor)
+    return (f * x + (1 - f) * rgb_to_grayscale(x)).clamp_(0.0, 1.0)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(dim=1)
+    minc, _ = x.min(dim=1)
+    eq = maxc == minc
+    rng = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = rng / torch.where(eq, ones, maxc)
+    div = torch.where(eq, ones, rng)
+    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
+    is_r = maxc == r
+    is_g = (maxc == g) & ~is_r
+    is_b = ~is_r & ~is_g
+    h = (bc - gc) * is_r + (2.0 + rc - bc) * is_g + (4.0 + gc - rc) * is_b
+    h = torch.fmod(h / 6.0 + 1.0, 1.0)
+    return torch.stack((h, s, maxc), dim=1)
+
+
+# For sector i = floor(6h), which of (v, p, q, t) goes to r, g, b.
+_HSV_SELECT = ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2))
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    h6 = h * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.long().remainder(6)
+    p = (v * (1.0 - s)).clamp(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
+    vpqt = torch.stack((v, p, q, t), dim=1)  # (B,4,H,W)
+    sel = torch.tensor(_HSV_SELECT, device=x.device)[:, i]  # (3,B,H,W)
+    return vpqt.gather(1, sel.transpose(0, 1))
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Per-sample hue rotation by ``shift`` (fraction of a turn); identity for 1 channel."""
+    if x.shape[1] != 3:
+        return x
+    hsv = _rgb_to_hsv(x)
+    h = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1), 1.0)
+    return _hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
+
+
+def blur_kernel_size(sigma_max: float, height: int, width: int) -> int:
+    """Odd kernel covering +-3 sigma of the largest sigma, capped so reflect padding fits the image."""
+    k = 2 * math.ceil(3.0 * sigma_max) + 1
+    cap = 2 * (min(height, width) - 1) - 1  # (k-1)/2 < min(H, W) for reflect padding
+    return max(3, min(k, cap if cap % 2 else cap - 1))
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Per-sample Gaussian blur with a ``kernel_size`` kernel and reflect padding (as torchvision)."""
+    b, c, h, w = x.shape
+    half = (kernel_size - 1) / 2
+    t = torch.linspace(-half, half, kernel_size, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None, :] / sigma.to(x.dtype)[:, None]) ** 2)
+    k = k / k.sum(dim=1, keepdim=True)                       # (B, K)
+    k = k.repeat_interleave(c, dim=0)                        # (B*C, K): one filter per channel
+    pad = kernel_size // 2
+    y = F.pad(x.reshape(1, b * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, k.view(b * c, 1, 1, kernel_size), groups=b * c)  # horizontal
+    y = F.conv2d(y, k.view(b * c, 1, kernel_size, 1), groups=b * c)  # vertical
+    return y.view(b, c, h, w)
+
+
+def solarize(x: torch.Tensor, threshold: float = SOLARIZE_THRESHOLD) -> torch.Tensor:
+    """Invert pixels at or above ``threshold``."""
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
+def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, 1, 1, 1), a, b)
+
+
+def apply_view(x: torch.Tensor, p: ViewParams, out_size: tuple[int, int], kernel_size: int) -> torch.Tensor:
+    """Apply one view's per-sample parameters to float images ``x`` in [0, 1]; returns [0, 1] floats."""
+    channels = x.shape[1]
+    y = resized_crop_flip(x, p.top, p.left, p.height, p.width, p.flip, out_size).clamp_(0.0, 1.0)
+    if bool(p.jitter.any()):
+        # Non-jittered samples get identity factors: brightness/contrast/saturation with f=1 are exact no-ops.
+        one = torch.ones_like(p.brightness)
+        y = adjust_brightness(y, torch.where(p.jitter, p.brightness, one))
+        y = adjust_contrast(y, torch.where(p.jitter, p.contrast, one))
+        if channels == 3:
+            y = adjust_saturation(y, torch.where(p.jitter, p.saturation, one))
+            idx = (p.jitter & (p.hue != 0)).nonzero().squeeze(1)
+            if idx.numel():  # the HSV round trip is not bit-exact, so only touch the samples that need it
+                y = y.index_copy(0, idx, adjust_hue(y.index_select(0, idx), p.hue.index_select(0, idx)))
+    if channels == 3 and bool(p.gray.any()):
+        y = _where(p.gray, rgb_to_grayscale(y).expand_as(y), y)
+    idx = p.blur.nonzero().squeeze(1)
+    if idx.numel():
+        y = y.index_copy(0, idx, gaussian_blur(y.index_select(0, idx), p.sigma.index_select(0, idx), kernel_size))
+    if bool(p.solarize.any()):
+        y = _where(p.solarize, solarize(y), y)
+    return y
+
+
+# ---------------------------------------------------------------- public entry points
+
+
+def _stats(dataset_cfg: Any, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor([float(m) for m in _get(dataset_cfg, "mean")], device=device).view(1, -1, 1, 1)
+    std = torch.tensor([float(s) for s in _get(dataset_cfg, "std")], device=device).view(1, -1, 1, 1)
+    if mean.shape != std.shape or (std <= 0).any():
+        raise UserError("dataset.mean and dataset.std must have one entry per channel, std > 0")
+    return mean, std
+
+
+def normalize(x_uint8: torch.Tensor, dataset_cfg: Any) -> torch.Tensor:
+    """Un-augmented network input: ``(x/255 - mean) / std`` as float32 (evaluation, feature extraction)."""
+    mean, std = _stats(dataset_cfg, x_uint8.device)
+    if x_uint8.shape[1] != mean.shape[1]:
+        raise UserError(f"images have {x_uint8.shape[1]} channels but dataset.mean has {mean.shape[1]}")
+    return (x_uint8.float() / 255.0 - mean) / std
+
+
+class TwoViewAugment:
+    """Two independently augmented, normalised views of a uint8 batch, on the batch's device.
+
+    ``aug(x_uint8, generator) -> (view1, view2)``, float32 (B, C, S, S) with S = ``dataset.image_size``.
+    Reproducible given the generator state; use a CPU generator for device-independent parameters.
+    """
+
+    def __init__(self, dataset_cfg: Any, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.channels = int(_get(dataset_cfg, "channels"))
+        self.size = int(_get(dataset_cfg, "image_size"))
+        aug = _get(dataset_cfg, "augment")
+        self.views = (ViewConfig.from_cfg(_get(aug, "view1"), "view1"),
+                      ViewConfig.from_cfg(_get(aug, "view2"), "view2"))
+        self.mean, self.std = _stats(dataset_cfg, self.device)
+        if self.mean.shape[1] != self.channels:
+            raise UserError(f"dataset.mean has {self.mean.shape[1]} entries but dataset.channels is {self.channels}")
+
+    def sample(self, n: int, height: int, width: int, g: torch.Generator) -> tuple[ViewParams, ViewParams]:
+        """Per-sample parameters of both views (view 1 drawn first)."""
+        return tuple(sample_view_params(v, n, height, width, g) for v in self.views)  # type: ignore[return-value]
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != self.channels:
+            raise UserError(f"TwoViewAugment expects uint8 (B,{self.channels},H,W) images, "
+                            f"got {x.dtype} {tuple(x.shape)}")
+        b, _, h, w = x.shape
+        xf = x.float().div_(255.0)
+        out = []
+        for cfg, params in zip(self.views, self.sample(b, h, w, generator)):
+            k = blur_kernel_size(cfg.blur_sigma[1], self.size, self.size)
+            y = apply_view(xf, params.to(x.device), (self.size, self.size), k)
+            out.append((y - self.mean) / self.std)
+        return out[0], out[1]
