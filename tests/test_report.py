@@ -1,0 +1,231 @@
+"""bsstudy report: tables equal hand-computed statistics, failures are listed, figures have one series per
+method, tables are byte-stable, errors are one line. All on study directories written here."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bsstudy.cli import main
+from bsstudy.errors import UserError
+from bsstudy.report import figures as F
+from bsstudy.report.build import build_report, parse_formats
+from bsstudy.report.load import load_study
+from bsstudy.report.references import REFERENCES, relative_drops
+from bsstudy.report.synthetic import write_study
+from bsstudy.report.tables import headline, paper_table, relative_drop, summarize
+
+METHODS = ("simclr", "vicreg", "vicreg_unbiased")
+DIVERGED = ("simclr", 1024, 5, 1)
+FAILED = ("vicreg", 64, 2, 0)
+MISSING = ("vicreg_unbiased", 256, 5, 2)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("res") / "results" / "toy"
+    syn = write_study(root, METHODS, (64, 256, 1024), (2, 5), (0, 1, 2), diverged=[DIVERGED], failed=[FAILED],
+                      missing=[MISSING])
+    bias = pd.DataFrame([dict(objective=o, scheme=s, label=f"{o}/{s}" if s else o, batch_size=b,
+                              rel_bias=c / b, rel_bias_ci_low=0.8 * c / b, rel_bias_ci_high=1.2 * c / b, cosine=0.9,
+                              extra_column=1)
+                         for o, s, c in (("vicreg", "", 4.0), ("vicreg_unbiased", "jackknife", 0.5))
+                         for b in (16, 64, 256)])
+    (root / "bias").mkdir()
+    bias.to_csv(root / "bias" / "bias.csv", index=False)
+    return root, syn
+
+
+@pytest.fixture(scope="module")
+def report(study, tmp_path_factory):
+    root, _ = study
+    out = tmp_path_factory.mktemp("rep") / "toy"
+    build_report(root, out, log=lambda *a: None)
+    return out
+
+
+def _hand(values):
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    half = stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    return v.mean(), v.std(ddof=1), n, half
+
+
+def test_summary_equals_hand_computed_means_and_t_cis(study, report):
+    root, _ = study
+    results = [json.loads(p.read_text()) for p in sorted((root / "runs").glob("*/result.json"))]
+    summary = pd.read_csv(report / "summary.csv")
+    checked = 0
+    for m in METHODS:
+        for b in (64, 256, 1024):
+            for e in (2, 5):
+                done = [r for r in results if (r["method"], r["batch_size"], r["epochs"]) == (m, b, e)
+                        and r["status"] == "done"]
+                row = summary[(summary.method_label == m) & (summary.batch_size == b) & (summary.epochs == e)]
+                assert len(row) == 1
+                row = row.iloc[0]
+                for metric in ("linear_top1", "knn_top1"):
+                    mean, std, n, half = _hand([r[metric] for r in done])
+                    assert row[f"{metric}_n"] == n
+                    assert row[f"{metric}_mean"] == pytest.approx(mean, rel=1e-5)
+                    assert row[f"{metric}_std"] == pytest.approx(std, rel=1e-5)
+                    assert row[f"{metric}_ci95"] == pytest.approx(half, rel=1e-5)
+                    table = pd.read_csv(report / "tables" / f"top1_{'linear' if metric == 'linear_top1' else 'knn'}_e{e}.csv")
+                    cell = table.set_index("method").loc[m, str(b)]
+                    assert cell == f"{100 * mean:.1f} ± {100 * half:.1f}"
+                    checked += 1
+                er = _hand([r["collapse"]["effective_rank"] for r in done])
+                assert row["collapse.effective_rank_mean"] == pytest.approx(er[0], rel=1e-5)
+    assert checked == 36
+    # the diverged, failed and missing cells have 2 finished seeds, not 3
+    for m, b, e, _ in (DIVERGED, FAILED, MISSING):
+        row = summary[(summary.method_label == m) & (summary.batch_size == b) & (summary.epochs == e)].iloc[0]
+        assert row["linear_top1_n"] == 2
+
+
+def test_diverged_and_failed_runs_are_listed_not_averaged(study, report):
+    _, syn = study
+    md = (report / "report.md").read_text()
+    section = md.split("## Failed and diverged runs")[1].split("## Missing cells")[0]
+    div_id, fail_id, miss_id = syn.run_ids[DIVERGED], syn.run_ids[FAILED], syn.run_ids[MISSING]
+    div_line = next(ln for ln in section.splitlines() if div_id in ln)
+    fail_line = next(ln for ln in section.splitlines() if fail_id in ln)
+    assert "| diverged |" in div_line and "loss is nan at epoch" in div_line
+    assert "| failed |" in fail_line and "RuntimeError: injected failure" in fail_line
+    assert "excluded from all means" in section
+    assert miss_id in md.split("## Missing cells")[1]
+    runs = pd.read_csv(report / "runs.csv")
+    assert set(runs.status) == {"done", "diverged", "failed"}
+    assert len(runs) == 3 * 3 * 2 * 3 - 1
+    assert "collapse.effective_rank" in runs.columns and "versions.torch" in runs.columns
+    summary = pd.read_csv(report / "summary.csv")
+    assert summary.n_diverged.sum() == 1 and summary.n_failed.sum() == 1
+    assert "1 diverged and 1 failed run(s) are excluded" in md
+
+
+def test_headline_relative_drop_and_references(report):
+    head = pd.read_csv(report / "headline.csv")
+    drop = pd.read_csv(report / "relative_drop.csv")
+    ours = drop[(drop.source == "ours") & (drop.metric == "linear_top1") & (drop.epochs == 5)]
+    for m, g in ours.groupby("method"):
+        best = g.top1_pct.max()
+        assert g.rel_drop_pct.to_numpy() == pytest.approx(100 * (best - g.top1_pct.to_numpy()) / best, abs=1e-3)
+        h = head[(head.source == "ours") & (head.method == m) & (head.epochs == 5) & (head.metric == "linear")].iloc[0]
+        assert h.max_rel_drop_pct == pytest.approx(g.rel_drop_pct.max(), abs=0.006)
+    simclr_ref = head[head.method.str.startswith("SimCLR (ref")].iloc[0]
+    assert simclr_ref.max_rel_drop_pct == pytest.approx(100 * (64.6 - 57.5) / 64.6, abs=0.006)
+    assert relative_drops(REFERENCES[2])[0] == 256  # SimSiam: 68.1 at 256 and 512, ties go to the smaller B
+    md = (report / "report.md").read_text()
+    assert "4092" in md and "almost certainly 4096" in md and "another dataset and scale" in md
+
+
+def test_figures_have_one_series_per_method(study):
+    root, _ = study
+    st = load_study(root)
+    summary = summarize(st.runs)
+    fig = F.fig_accuracy(summary, "linear_top1")
+    ours = [ax for ax in fig.axes if ax.get_title().startswith("ours")]
+    assert len(ours) == 2  # one facet per epoch budget
+    for ax in ours:
+        labels = sorted(ln.get_label() for ln in ax.get_lines())
+        assert labels == sorted(METHODS)
+        assert len(ax.collections) == 3  # one CI band per method
+    ref_ax = fig.axes[-1]
+    assert len(ref_ax.get_lines()) == len(REFERENCES)
+    fig = F.fig_collapse(summary)
+    assert len(fig.axes) == 4
+    for ax in fig.axes:
+        assert sorted(ln.get_label() for ln in ax.get_lines()) == sorted(METHODS)
+    fig = F.fig_heatmap(summary)
+    assert sorted(ax.get_label() for ax in fig.axes if ax.images) == sorted(METHODS)
+    fig = F.fig_relative_drop(relative_drop(summary))
+    labels = [ln.get_label() for ln in fig.axes[0].get_lines()]
+    assert sum(lb.endswith("(ours, 5 ep)") for lb in labels) == 3 and len(labels) == 3 + len(REFERENCES)
+    fig, shown, total = F.fig_curves(st.runs, st.curves, max_cells=6)
+    assert (shown, total) == (6, 18)
+    assert [ax.get_title() for ax in fig.axes] == sorted(METHODS)
+    fig, dropped = F.fig_bias(st.bias)
+    assert sorted(ln.get_label() for ln in fig.axes[0].get_lines()) == ["vicreg", "vicreg_unbiased/jackknife"]
+    assert dropped == 0 and fig.axes[0].get_yscale() == "log"
+
+
+def test_tables_are_byte_identical_on_a_second_run(study, report, tmp_path):
+    root, _ = study
+    again = tmp_path / "again"
+    build_report(root, again, log=lambda *a: None)
+    names = sorted(p.relative_to(report) for p in report.rglob("*") if p.suffix in (".csv", ".md", ".tex"))
+    assert len(names) >= 15
+    for name in names:
+        if name.name == "report.md":  # carries the git state, which other commits may change meanwhile
+            continue
+        assert (again / name).read_bytes() == (report / name).read_bytes(), name
+    for fig in ("accuracy_linear.png", "heatmap.pdf"):
+        assert (again / "figures" / fig).read_bytes() == (report / "figures" / fig).read_bytes(), fig
+
+
+def test_report_contents_setup_bias_citation_provenance(study, report):
+    root, syn = study
+    md = (report / "report.md").read_text()
+    for section in ("## Question", "## Setup", "## Tables", "## Figures", "## Failed and diverged runs",
+                    "## Missing cells", "## Reading", "## How to cite", "## Gradient bias"):
+        assert section in md
+    assert "dataset: fashion_mnist" in md and "batch sizes: 64, 256, 1024" in md and "seeds: 0, 1, 2" in md
+    assert "linear scaling" in md
+    for name in ("accuracy_linear", "accuracy_knn", "relative_drop", "heatmap", "collapse", "training_curves",
+                 "gradient_bias"):
+        assert f"(figures/{name}.png)" in md
+        assert (report / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (report / "figures" / f"{name}.pdf").stat().st_size > 1000
+    import hashlib
+    sweep = hashlib.sha256((root / "plan.csv").read_bytes()).hexdigest()
+    assert sweep in md and "@software{bsstudy" in md and "@misc{bsstudy_report_toy" in md
+    prov = json.loads((report / "provenance.json").read_text())
+    assert prov["sweep_hash"] == sweep and "pandas" in prov["versions"] and prov["date"]
+    assert prov["runs"] == {rid: r["config_hash"] for rid, r in syn.results.items()}
+    tex = (report / "tables" / "top1_linear_e5.tex").read_text()
+    assert r"\toprule" in tex and r"vicreg\_unbiased" in tex and r"$\pm$" in tex
+    # the reading paragraph is computed from the numbers: simclr drops most in this synthetic study
+    reading = md.split("## Reading")[1].split("##")[0]
+    assert "simclr drops most" in reading
+
+
+def test_paper_table_marks_cells_without_finished_runs(study):
+    root, _ = study
+    runs = load_study(root).runs.copy()
+    runs.loc[(runs.method == "vicreg") & (runs.batch_size == 64) & (runs.epochs == 2), "status"] = "failed"
+    t = paper_table(summarize(runs), "linear_top1", 2)
+    assert t.set_index("method").loc["vicreg", "64"] == "failed"
+    one = runs[(runs.seed == 0) | (runs.method != "simclr")]
+    t = paper_table(summarize(one), "linear_top1", 5)
+    assert t.set_index("method").loc["simclr", "64"].endswith("(n=1)")
+    assert len(headline(relative_drop(summarize(runs)))) > 0
+
+
+def test_errors_are_one_line_exit_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such study directory" in err
+    root = tmp_path / "results" / "empty"
+    write_study(root, ("vicreg",), (64,), (1,), (0,), missing=[("vicreg", 64, 1, 0)])
+    with pytest.raises(UserError, match="no runs have finished yet"):
+        build_report(root, tmp_path / "out", log=lambda *a: None)
+    with pytest.raises(UserError, match="unknown format pdf"):
+        parse_formats("md,pdf")
+    assert main(["report", str(root), "--format", "xml"]) == 2
+    (tmp_path / "noplan").mkdir()
+    assert main(["report", str(tmp_path / "noplan")]) == 2
+    assert "no plan.csv" in capsys.readouterr().err
+
+
+def test_cli_formats_and_default_out(study, tmp_path, monkeypatch):
+    root, _ = study
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(root), "--format", "md"]) == 0
+    out = tmp_path / "reports" / "toy"
+    assert (out / "report.md").exists() and not (out / "report.html").exists()
+    assert not list((out / "tables").glob("*.tex")) and (out / "summary.csv").exists()
