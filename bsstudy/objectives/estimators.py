@@ -18,6 +18,8 @@ n < d (O(n^2 d) time, n x n memory) and the S-form otherwise (O(n d^2), d x d me
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 from torch import Tensor
 
@@ -36,25 +38,47 @@ def _check(z: Tensor, unbiased: bool, form: str) -> None:
         raise ValueError(f"the plug-in covariance needs n >= 2 rows, got n={n}")
 
 
-def _centre(z: Tensor) -> Tensor:
-    # Always centre: the uncentred shortcut loses everything to cancellation when |mean| >> std.
-    return z - z.mean(dim=-2, keepdim=True)
+class Moments:
+    """Shared first steps of every estimator on a batch (..., n, d), each computed once, when first needed
+    (the objectives share one per view between the covariance and variance terms)."""
+
+    def __init__(self, zc: Tensor) -> None:
+        self.zc = zc  # (..., n, d) centred rows
+
+    @cached_property
+    def sq(self) -> Tensor:
+        """(..., n, d) zc^2."""
+        return self.zc.pow(2)
+
+    @cached_property
+    def r(self) -> Tensor:
+        """(..., n) squared row norms = diag K."""
+        return self.sq.sum(dim=-1)
+
+    @cached_property
+    def s_ii(self) -> Tensor:
+        """(..., d) diagonal of S = column sums of zc^2."""
+        return self.sq.sum(dim=-2)
+
+
+def moments(z: Tensor) -> Moments:
+    """Centre (always: the uncentred shortcut loses everything to cancellation when |mean| >> std)."""
+    return Moments(z - z.mean(dim=-2, keepdim=True))
 
 
 def _use_gram(n: int, d: int, form: str) -> bool:
     return form == "gram" or (form == "auto" and n < d)
 
 
-def _fro_stats(zc: Tensor, form: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(||S||_F^2, tr S, sum_a r_a^2) of centred rows zc (..., n, d)."""
+def _fro_stats(m: Moments, form: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(||S||_F^2, tr S, sum_a r_a^2) from the moments of a batch."""
+    zc = m.zc
     n, d = zc.shape[-2], zc.shape[-1]
-    r = zc.pow(2).sum(dim=-1)                      # (..., n) squared row norms = diag K
-    tr = r.sum(dim=-1)                             # tr S = tr K
     if _use_gram(n, d, form):
-        m = zc @ zc.transpose(-1, -2)              # K: (..., n, n)
+        g = zc @ zc.transpose(-1, -2)              # K: (..., n, n)
     else:
-        m = zc.transpose(-1, -2) @ zc              # S: (..., d, d)
-    return m.pow(2).sum(dim=(-1, -2)), tr, r.pow(2).sum(dim=-1)
+        g = zc.transpose(-1, -2) @ zc              # S: (..., d, d)
+    return g.pow(2).sum(dim=(-1, -2)), m.r.sum(dim=-1), m.r.pow(2).sum(dim=-1)
 
 
 def _u_fro_coeffs(n: int) -> tuple[float, float, float, float]:
@@ -65,59 +89,63 @@ def _u_fro_coeffs(n: int) -> tuple[float, float, float, float]:
     return float((n - 1) * (n - 2)), 1.0, float(n * (n - 1)), float(n * (n - 1) * (n - 2) * (n - 3))
 
 
-def _u_fro(zc: Tensor, form: str) -> Tensor:
-    n = zc.shape[-2]
-    s2, tr, r2 = _fro_stats(zc, form)
+def _u_fro(m: Moments, form: str) -> Tensor:
+    n = m.zc.shape[-2]
+    s2, tr, r2 = _fro_stats(m, form)
     a, b, c, den = _u_fro_coeffs(n)
     return (a * s2 + b * tr.pow(2) - c * r2) / den
 
 
-def _u_diag(zc: Tensor) -> Tensor:
+def _u_diag(m: Moments) -> Tensor:
     """U-statistic for sum_i Sigma_ii^2 (O(n d))."""
-    n = zc.shape[-2]
-    sq = zc.pow(2)
-    s_ii = sq.sum(dim=-2)                          # (..., d) diagonal of S
-    m4 = sq.pow(2).sum(dim=-2)                     # (..., d) sum_a zc_ai^4
+    n = m.zc.shape[-2]
+    m4 = m.sq.pow(2).sum(dim=-2)                   # (..., d) sum_a zc_ai^4
     den = n * (n - 1) * (n - 2) * (n - 3)
-    return ((n * n - 3 * n + 3) * s_ii.pow(2) - n * (n - 1) * m4).sum(dim=-1) / den
+    return ((n * n - 3 * n + 3) * m.s_ii.pow(2) - n * (n - 1) * m4).sum(dim=-1) / den
 
 
-def _plugin_offdiag(zc: Tensor, form: str) -> Tensor:
+def _plugin_offdiag(m: Moments, form: str) -> Tensor:
+    zc = m.zc
     n, d = zc.shape[-2], zc.shape[-1]
     if _use_gram(n, d, form):
-        s2, _, _ = _fro_stats(zc, form)
-        diag = zc.pow(2).sum(dim=-2)
-        return (s2 - diag.pow(2).sum(dim=-1)) / (n - 1) ** 2
+        s2, _, _ = _fro_stats(m, form)
+        return (s2 - m.s_ii.pow(2).sum(dim=-1)) / (n - 1) ** 2
     # S-form: zero the diagonal instead of subtracting it (no cancellation when the diagonal dominates).
     s = zc.transpose(-1, -2) @ zc
     off = s.pow(2).sum(dim=(-1, -2)) - torch.diagonal(s, dim1=-2, dim2=-1).pow(2).sum(dim=-1)
     return off / (n - 1) ** 2
 
 
+def fro_sq_from_moments(m: Moments, unbiased: bool, form: str = "auto") -> Tensor:
+    """``cov_fro_sq`` from precomputed ``moments(z)``."""
+    return _u_fro(m, form) if unbiased else _fro_stats(m, form)[0] / (m.zc.shape[-2] - 1) ** 2
+
+
+def offdiag_sq_from_moments(m: Moments, unbiased: bool, form: str = "auto") -> Tensor:
+    """``cov_offdiag_sq`` from precomputed ``moments(z)``."""
+    return _u_fro(m, form) - _u_diag(m) if unbiased else _plugin_offdiag(m, form)
+
+
+def minus_identity_sq_from_moments(m: Moments, unbiased: bool, form: str = "auto") -> Tensor:
+    """``cov_minus_identity_sq`` from precomputed ``moments(z)``."""
+    n, d = m.zc.shape[-2], m.zc.shape[-1]
+    tr_c = m.r.sum(dim=-1) / (n - 1)               # tr C is unbiased for tr Sigma
+    return fro_sq_from_moments(m, unbiased, form) - 2.0 * tr_c + d
+
+
 def cov_fro_sq(z: Tensor, unbiased: bool, form: str = "auto") -> Tensor:
     """Estimate ||Sigma||_F^2 from rows z (n, d): plug-in ||C||_F^2 or the U-statistic U_fro."""
     _check(z, unbiased, form)
-    zc = _centre(z)
-    if unbiased:
-        return _u_fro(zc, form)
-    s2, _, _ = _fro_stats(zc, form)
-    return s2 / (z.shape[-2] - 1) ** 2
+    return fro_sq_from_moments(moments(z), unbiased, form)
 
 
 def cov_offdiag_sq(z: Tensor, unbiased: bool, form: str = "auto") -> Tensor:
     """Estimate sum_{i != j} Sigma_ij^2 from rows z (n, d): plug-in or U_fro - U_diag."""
     _check(z, unbiased, form)
-    zc = _centre(z)
-    if unbiased:
-        return _u_fro(zc, form) - _u_diag(zc)
-    return _plugin_offdiag(zc, form)
+    return offdiag_sq_from_moments(moments(z), unbiased, form)
 
 
 def cov_minus_identity_sq(z: Tensor, unbiased: bool, form: str = "auto") -> Tensor:
     """Estimate ||Sigma - I||_F^2 from rows z (n, d): plug-in ||C - I||_F^2 or U_fro - 2 tr C + d."""
     _check(z, unbiased, form)
-    zc = _centre(z)
-    n, d = zc.shape[-2], zc.shape[-1]
-    tr_c = zc.pow(2).sum(dim=(-1, -2)) / (n - 1)   # tr C is unbiased for tr Sigma
-    fro = _u_fro(zc, form) if unbiased else _fro_stats(zc, form)[0] / (n - 1) ** 2
-    return fro - 2.0 * tr_c + d
+    return minus_identity_sq_from_moments(moments(z), unbiased, form)

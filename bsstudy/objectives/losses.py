@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from . import estimators as E
 from . import terms as T
 from .distributed import all_reduce_mean_, gather_with_grad, world_size
 
@@ -279,27 +280,29 @@ class UnbiasedVICReg(VICReg):
         self._ema_updates += 1
 
     # -- loss
-    def _variance_sum(self, z1: Tensor, z2: Tensor) -> Tensor:
+    def _variance_sum(self, z1: Tensor, z2: Tensor, m1: E.Moments, m2: E.Moments) -> Tensor:
         g, eps, scheme = self.gamma, self.eps, self.variance
         if scheme == "plugin":
             return T.hinge(T.plugin_std(z1, eps), g) + T.hinge(T.plugin_std(z2, eps), g)
         if scheme == "c4":
             return T.hinge(T.c4_std(z1, eps), g) + T.hinge(T.c4_std(z2, eps), g)
         if scheme == "jackknife":
-            return T.hinge(T.jackknife_std(z1, eps), g) + T.hinge(T.jackknife_std(z2, eps), g)
-        v1, v2 = z1.var(dim=0), z2.var(dim=0)
+            return T.hinge(T.jackknife_std(z1, eps, m1), g) + T.hinge(T.jackknife_std(z2, eps, m2), g)
+        n = z1.shape[0]
+        v1, v2 = m1.s_ii / (n - 1), m2.s_ii / (n - 1)
         batch_var = 0.5 * (v1 + v2).detach()
         ema = self._ema_for(batch_var)
         if scheme == "jackknife_ema_gate":
-            out = (T.gated_hinge(T.jackknife_std(z1, eps), ema, g, eps)
-                   + T.gated_hinge(T.jackknife_std(z2, eps), ema, g, eps))
+            out = (T.gated_hinge(T.jackknife_std(z1, eps, m1), ema, g, eps)
+                   + T.gated_hinge(T.jackknife_std(z2, eps, m2), ema, g, eps))
         else:  # ema
             out = T.ema_hinge(v1, ema, g, eps) + T.ema_hinge(v2, ema, g, eps)
         self._update_ema(batch_var, ema)
         return out
 
     def _compute(self, z1: Tensor, z2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        m1, m2 = E.moments(z1), E.moments(z2)   # centred rows and squares, shared by both terms
         inv = T.invariance(z1, z2)
-        var_sum = self._variance_sum(z1, z2)
-        cov = T.unbiased_covariance(z1, self.cov_target) + T.unbiased_covariance(z2, self.cov_target)
+        var_sum = self._variance_sum(z1, z2, m1, m2)
+        cov = T.unbiased_covariance(z1, self.cov_target, m1) + T.unbiased_covariance(z2, self.cov_target, m2)
         return self._combine(inv, var_sum, cov)

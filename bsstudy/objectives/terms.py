@@ -50,30 +50,33 @@ def vicreg_covariance(z: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------ unbiased VICReg
-def unbiased_covariance(z: Tensor, target: str) -> Tensor:
+def unbiased_covariance(z: Tensor, target: str, m: estimators.Moments | None = None) -> Tensor:
     """U-statistic covariance term / d: ``identity`` -> ||Sigma - I||_F^2, ``offdiag`` -> sum_{i!=j} Sigma_ij^2.
 
-    Unbiased in value and gradient for every n >= 4; may be negative (never clamped)."""
+    Unbiased in value and gradient for every n >= 4; may be negative (never clamped). ``m``: precomputed
+    ``estimators.moments(z)`` (shared with ``jackknife_std``)."""
+    m = estimators.moments(z) if m is None else m
     d = z.shape[1]
     if target == "identity":
-        return estimators.cov_minus_identity_sq(z, unbiased=True) / d
+        return estimators.minus_identity_sq_from_moments(m, unbiased=True) / d
     if target == "offdiag":
-        return estimators.cov_offdiag_sq(z, unbiased=True) / d
+        return estimators.offdiag_sq_from_moments(m, unbiased=True) / d
     raise ValueError(f"cov_target must be identity or offdiag, got {target!r}")
 
 
-def jackknife_std(z: Tensor, eps: float) -> Tensor:
+def jackknife_std(z: Tensor, eps: float, m: estimators.Moments | None = None) -> Tensor:
     """Jackknife-corrected std per dimension (bias O(n^-2) instead of O(n^-1)); needs n >= 3. (d,)
 
     sd_J = n sqrt(v + eps) - (n-1)/n sum_a sqrt(v_(-a) + eps), with the leave-one-out variances in O(n d):
     v_(-a) = [(n-1) v - n/(n-1) (z_a - mean)^2] / (n-2), clamped >= 0 (rounding only; exact values are >= 0).
+    ``m``: precomputed ``estimators.moments(z)``.
     """
+    m = estimators.moments(z) if m is None else m
     n = z.shape[0]
-    mean = z.mean(dim=0)
-    dev2 = (z - mean).pow(2)                                    # (n, d)
-    v = dev2.sum(dim=0) / (n - 1)                               # (d,)
-    v_loo = ((n - 1) * v - (n / (n - 1)) * dev2) / (n - 2)      # (n, d)
-    sd_loo = torch.sqrt(v_loo.clamp_min(0.0) + eps)
+    v = m.s_ii / (n - 1)                                        # (d,)
+    # v_(-a) + eps = [v (n-1)/(n-2) + eps] - n/((n-1)(n-2)) dev2, fused into one op; clamp at eps == clamp v_(-a) >= 0
+    loo = torch.add(v * ((n - 1) / (n - 2)) + eps, m.sq, alpha=-n / ((n - 1) * (n - 2)))
+    sd_loo = torch.sqrt(loo.clamp_min(eps))                     # (n, d)
     return n * torch.sqrt(v + eps) - ((n - 1) / n) * sd_loo.sum(dim=0)
 
 

@@ -1,0 +1,106 @@
+"""Forward+backward time of the objectives, as ratios against baselines measured in the same run.
+
+    python benchmarks/bench_objectives.py [--quick] [--device cuda] [--full]
+
+Columns: ours/lightly for VICReg and NT-Xent (target <= 1.0), vicreg_unbiased/vicreg (ours; target <= 1.2 at
+n >= 256), for n in {64, 256, 1024} x d in {128, 2048, 8192}, float32. On CPU, combinations whose d x d work
+(lightly's VICReg always forms the d x d covariance) would take more than ~10 s per call are skipped and listed,
+unless --full. --quick: n in {64, 256}, d in {128, 2048}, fewer repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bsstudy.objectives import build_objective  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fb(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z1: torch.Tensor, z2: torch.Tensor,
+            repeats: int, min_seconds: float) -> float:
+    """Median seconds of one forward+backward (after one warm-up call)."""
+    a = z1.clone().requires_grad_(True)
+    b = z2.clone().requires_grad_(True)
+
+    def once() -> float:
+        a.grad = b.grad = None
+        _sync(a.device)
+        t = time.perf_counter()
+        loss(a, b).backward()
+        _sync(a.device)
+        return time.perf_counter() - t
+
+    once()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start < min_seconds and len(times) < 50):
+        times.append(once())
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="n in {64,256}, d in {128,2048}, fewer repeats")
+    ap.add_argument("--full", action="store_true", help="do not skip slow CPU combinations")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (default 1: with other jobs on a 2-core box, 2 threads time the contention)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from lightly.loss import NTXentLoss, VICRegLoss
+
+    device = torch.device(args.device)
+    ns, ds = ([64, 256], [128, 2048]) if args.quick else ([64, 256, 1024], [128, 2048, 8192])
+    repeats, min_s = (3, 0.2) if args.quick else (5, 0.5)
+    cpu_flop_limit = 1.5e11  # ~10 s per call on 2 cores
+
+    vic, unb = build_objective("vicreg"), build_objective("vicreg_unbiased")
+    sim = build_objective("simclr", temperature=0.5)
+    l_vic, l_sim = VICRegLoss(), NTXentLoss(temperature=0.5, memory_bank_size=0)
+    fns = {
+        "vicreg": lambda a, b: vic(a, b).loss,
+        "lightly_vicreg": l_vic,
+        "vicreg_unbiased": lambda a, b: unb(a, b).loss,
+        "simclr": lambda a, b: sim(a, b).loss,
+        "lightly_ntxent": l_sim,
+    }
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# bench_objectives: forward+backward, float32, median of >= {repeats} calls, device {name}, "
+          f"torch {torch.__version__}")
+    print(f"{'n':>5} {'d':>5} | {'vicreg ms':>9} {'lightly ms':>10} {'ours/lightly':>12} | {'unbiased ms':>11} "
+          f"{'unb/vicreg':>10} | {'simclr ms':>9} {'lightly ms':>10} {'ours/lightly':>12}")
+    skipped = []
+    g = torch.Generator(device=device).manual_seed(0)
+    for n in ns:
+        for d in ds:
+            # lightly's VICReg: d x d covariance, ~3 n d^2 (fwd+bwd, both views) x 2 flops
+            if device.type == "cpu" and not args.full and 12 * n * d * d > cpu_flop_limit:
+                skipped.append((n, d))
+                continue
+            z1 = torch.randn(n, d, generator=g, device=device)
+            z2 = z1 + 0.5 * torch.randn(n, d, generator=g, device=device)
+            t = {k: time_fb(f, z1, z2, repeats, min_s) for k, f in fns.items()}
+            print(f"{n:>5} {d:>5} | {t['vicreg'] * 1e3:>9.2f} {t['lightly_vicreg'] * 1e3:>10.2f} "
+                  f"{t['vicreg'] / t['lightly_vicreg']:>12.2f} | {t['vicreg_unbiased'] * 1e3:>11.2f} "
+                  f"{t['vicreg_unbiased'] / t['vicreg']:>10.2f} | {t['simclr'] * 1e3:>9.2f} "
+                  f"{t['lightly_ntxent'] * 1e3:>10.2f} {t['simclr'] / t['lightly_ntxent']:>12.2f}", flush=True)
+    if skipped:
+        print("# skipped on CPU (lightly's d x d VICReg > ~10 s per call; use --full or --device cuda): "
+              + ", ".join(f"n={n} d={d}" for n, d in skipped))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
