@@ -1,0 +1,15 @@
+"""Single-run trainer: ``run_cell(run_dir)`` (loop, LARS/SGD/AdamW, warmup+cosine, checkpoint/resume,
+divergence guard, evaluation). See docs/train.md."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def run_cell(run_dir: Any) -> dict:
+    """Train and evaluate the cell in ``run_dir``; see :func:`bsstudy.train.loop.run_cell`."""
+    from .loop import run_cell as _run_cell
+
+    return _run_cell(run_dir)
+
+
+__all__ = ["run_cell"]
