@@ -280,7 +280,7 @@ def _load_stl10(cfg: Any, part: str) -> ImageTensors:
 
 def _load_imagefolder(cfg: Any, part: str) -> ImageTensors:
     import torchvision
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image
     from torchvision.transforms.v2 import functional as TF
 
     root = _cfg(cfg, "root")
@@ -298,10 +298,12 @@ def _load_imagefolder(cfg: Any, part: str) -> ImageTensors:
     files = [Path(p) for p, _ in ds.samples]
 
     def build() -> ImageTensors:
-        mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        mode = "L" if channels == 1 else "RGB"
         out = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
-        for i, f in enumerate(files):  # one-time decode; the result is cached as a tensor
-            img = decode_image(str(f), mode=mode)
+        for i, f in enumerate(files):  # one-time decode (PIL, as ImageFolder); the result is cached as a tensor
+            with Image.open(f) as im:
+                arr = np.asarray(im.convert(mode), dtype=np.uint8)
+            img = torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], -1).copy()).permute(2, 0, 1)
             img = TF.resize(img, [size], antialias=True)  # shorter side -> size
             out[i] = TF.center_crop(img, [size, size])
         labels = torch.tensor([t for _, t in ds.samples], dtype=torch.int64)
