@@ -1,0 +1,252 @@
+"""Planner: sweep cells -> resolved, validated run configs -> plan.csv + runs/<run_id>/config.yaml.
+
+Speed: hydra compose costs ~10 ms, so it runs once per distinct config-group selection
+(method/dataset/model/optim); every other key is applied to a plain-dict copy of that composed
+config, with the same struct rule (a key must already exist). 10,000 cells plan in well under 2 s
+(benchmarks/bench_plan.py). tests/test_plan.py checks the fast path gives byte-identical configs and
+hashes to ``bsstudy.config.cell_config`` (one full compose per cell).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .. import config as bconfig
+from ..errors import UserError
+from ..io import atomic_write_text
+from .spec import GROUPS, Sweep, expand
+
+# Training-set size per dataset when dataset.train_subset is null (to reject B > N and estimate cost).
+# imagefolder's size is unknown until its files are read: no check, no estimate.
+DATASET_SIZE = {"fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000, "stl10": 105000}
+
+try:  # libyaml: ~10x faster dumps for 10k config files
+    _Dumper = yaml.CSafeDumper
+except AttributeError:  # pragma: no cover
+    _Dumper = yaml.SafeDumper
+
+
+@dataclass
+class Cell:
+    """One planned run: its id, resolved config (plain dict, ``out`` set) and plan.csv row."""
+
+    run_id: str
+    config: dict
+    row: dict
+
+
+class _View:
+    """Attribute access over a plain dict so ``bsstudy.config.validate`` runs without a DictConfig."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: dict) -> None:
+        self._d = d
+
+    def __getattr__(self, k: str) -> Any:
+        try:
+            v = self._d[k]
+        except KeyError:
+            raise AttributeError(k) from None
+        return _View(v) if isinstance(v, dict) else v
+
+
+def _set(cfg: dict, key: str, value: Any, source: str) -> dict:
+    """Copy-on-write ``cfg[key] = value`` for a dotted key; only the dicts on the path are copied."""
+    parts = key.split(".")
+    root = dict(cfg)
+    node = root
+    for i, p in enumerate(parts):
+        if not isinstance(node, dict) or p not in node:
+            raise UserError(f"{source}: unknown key {key!r}")
+        if i == len(parts) - 1:
+            if isinstance(node[p], dict) and not isinstance(value, dict):
+                raise UserError(f"{source}: {key}: is a section; set one of its keys ({key}.<name>)")
+            node[p] = value
+        else:
+            child = node[p]
+            if not isinstance(child, dict):
+                raise UserError(f"{source}: unknown key {key!r} ({'.'.join(parts[:i + 1])} is not a section)")
+            node[p] = dict(child)
+            node = node[p]
+    return root
+
+
+class Planner:
+    """Resolves cells of one sweep; caches one hydra compose per config-group selection."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self._composed: dict[tuple, dict] = {}
+        self._options = {g: bconfig.group_options(g) for g in GROUPS}
+
+    def base_config(self, groups: dict[str, str]) -> dict:
+        """Composed config (plain dict) of a group selection, composed once."""
+        key = tuple(sorted(groups.items()))
+        if key not in self._composed:
+            from omegaconf import OmegaConf
+
+            cfg = bconfig.compose([f"{g}={v}" for g, v in sorted(groups.items())])
+            self._composed[key] = OmegaConf.to_container(cfg, resolve=True)
+        return self._composed[key]
+
+    def resolve(self, overrides: dict[str, Any], study: str) -> dict:
+        """Resolved, validated config of one cell (``out`` not yet set)."""
+        src = self.source
+        groups, scalars = {}, []
+        for k, v in overrides.items():
+            if k in GROUPS:
+                if not isinstance(v, str):
+                    raise UserError(f"{src}: {k}: must name one option of the {k} group, got {v!r}")
+                if v not in self._options[k]:
+                    raise UserError(f"{src}: {k}: unknown {k} {v!r} (choose from {', '.join(self._options[k])})")
+                groups[k] = v
+            else:
+                scalars.append((k, v))
+        cfg = self.base_config(groups)
+        for k, v in scalars:
+            cfg = _set(cfg, k, v, src)
+        cfg = _set(cfg, "study", study, src)
+        where = f"{src} (cell {cfg['method']['name']} batch_size={cfg.get('batch_size')!r})"
+        bconfig.validate(_View(cfg), where)
+        n = dataset_size(cfg)
+        if n is not None and isinstance(cfg["batch_size"], int) and cfg["batch_size"] > n:
+            raise UserError(f"{where}: batch_size: {cfg['batch_size']} is larger than the dataset "
+                            f"({cfg['dataset']['name']}: {n} training images)")
+        m = cfg["method"]
+        # Same derived block as bsstudy.config.resolve (tests assert equality with cell_config).
+        cfg["lr"] = {"base": float(m["base_lr"]), "scaling": str(m["lr_scaling"]),
+                     "effective": bconfig.effective_lr(float(m["base_lr"]), int(cfg["batch_size"]),
+                                                       str(m["lr_scaling"]))}
+        return cfg
+
+
+def dataset_size(cfg: dict) -> int | None:
+    """Images used for pretraining: dataset.train_subset, else the dataset's training-set size."""
+    ds = cfg["dataset"]
+    if ds.get("train_subset") is not None:
+        return int(ds["train_subset"])
+    return DATASET_SIZE.get(ds["name"])
+
+
+def gpu_hours(cfg: dict, throughput: dict[str, float]) -> float | None:
+    """Estimated GPU-hours of a cell from images/s per GPU (``throughput[method]`` or ``default``)."""
+    method = cfg["method"]["name"]
+    ips = throughput.get(method, throughput.get("default"))
+    n = dataset_size(cfg)
+    if ips is None or n is None:
+        return None
+    # images/s is per GPU: W GPUs finish W times sooner but cost W GPUs, so GPU-hours do not depend on W.
+    return n * cfg["epochs"] / ips / 3600.0
+
+
+def plan_cells(sweep: Sweep, results: Path) -> list[Cell]:
+    """Expand, resolve and validate every cell (nothing written); duplicates collapse to one run."""
+    planner = Planner(sweep.source)
+    study_dir = (results / sweep.study).resolve()
+    varied = [k for k in sweep.grid if k not in ("method", "batch_size", "epochs", "seed")]
+    for r in sweep.include:
+        varied += [k for k in r if k not in varied and k not in ("method", "batch_size", "epochs", "seed")]
+    cells: dict[str, Cell] = {}
+    for ov in expand(sweep):
+        cfg = planner.resolve(ov, sweep.study)
+        rid = bconfig.run_id(cfg)
+        if rid in cells:
+            continue
+        cfg["out"] = str(study_dir / "runs" / rid)
+        row = {
+            "run_id": rid, "study": sweep.study, "method": cfg["method"]["name"],
+            "batch_size": cfg["batch_size"], "epochs": cfg["epochs"], "seed": cfg["seed"],
+            "lr": cfg["lr"]["effective"], "base_lr": cfg["lr"]["base"], "lr_scaling": cfg["lr"]["scaling"],
+            "dataset": cfg["dataset"]["name"], "backbone": cfg["model"]["name"], "optim": cfg["optim"]["name"],
+            "config_hash": bconfig.config_hash(cfg),
+        }
+        for k in varied:
+            v: Any = cfg
+            for p in k.split("."):
+                v = v[p] if isinstance(v, dict) else None
+            row[k] = v
+        if sweep.throughput:
+            gh = gpu_hours(cfg, sweep.throughput)
+            row["gpu_hours"] = None if gh is None else round(gh, 4)
+        cells[rid] = Cell(rid, cfg, row)
+    if not cells:
+        raise UserError(f"{sweep.source}: the grid is empty (every cell excluded?)")
+    return list(cells.values())
+
+
+def config_text(cfg: dict) -> str:
+    """config.yaml text of a resolved config (key order as composed; loads back to the same JSON)."""
+    return yaml.dump(cfg, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def plan_csv_text(cells: list[Cell]) -> str:
+    """plan.csv text: one row per cell, columns in first-seen order."""
+    cols: list[str] = []
+    for c in cells:
+        cols += [k for k in c.row if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for c in cells:
+        w.writerow({k: ("" if c.row.get(k) is None else c.row.get(k)) for k in cols})
+    return buf.getvalue()
+
+
+def write_plan(sweep: Sweep, cells: list[Cell], results: Path) -> dict[str, int]:
+    """Write plan.csv, sweep.yaml and each new/changed runs/<run_id>/config.yaml; counts of files written."""
+    study_dir = results / sweep.study
+    written = {"configs_new": 0, "configs_unchanged": 0, "configs_rewritten": 0}
+    for c in cells:
+        p = study_dir / "runs" / c.run_id / "config.yaml"
+        text = config_text(c.config)
+        if p.exists():
+            if p.read_text() == text:
+                written["configs_unchanged"] += 1
+                continue
+            written["configs_rewritten"] += 1  # same identity, different `out` (results dir moved)
+        else:
+            written["configs_new"] += 1
+        atomic_write_text(p, text)
+    for name, text in (("plan.csv", plan_csv_text(cells)),
+                       ("sweep.yaml", yaml.dump(sweep.to_dict(), Dumper=_Dumper, sort_keys=False))):
+        p = study_dir / name
+        if not p.exists() or p.read_text() != text:
+            atomic_write_text(p, text)
+    return written
+
+
+def summary_table(cells: Iterable[Cell]) -> str:
+    """Cells per method x batch size, plus GPU-hours when estimated."""
+    cells = list(cells)
+    methods = sorted({c.row["method"] for c in cells})
+    bss = sorted({c.row["batch_size"] for c in cells})
+    count = {(m, b): 0 for m in methods for b in bss}
+    for c in cells:
+        count[(c.row["method"], c.row["batch_size"])] += 1
+    corner = "method \\ B"
+    w = max([len(corner)] + [len(m) for m in methods])
+    lines = [f"{corner:<{w}} " + " ".join(f"{b:>6}" for b in bss) + f" {'total':>7}"]
+    for m in methods:
+        lines.append(f"{m:<{w}} " + " ".join(f"{count[(m, b)]:>6}" for b in bss)
+                     + f" {sum(count[(m, b)] for b in bss):>7}")
+    lines.append(f"{'total':<{w}} " + " ".join(f"{sum(count[(m, b)] for m in methods):>6}" for b in bss)
+                 + f" {len(cells):>7}")
+    gh = [c.row.get("gpu_hours") for c in cells]
+    if any(g is not None and g != "" for g in gh):
+        known = [g for g in gh if isinstance(g, (int, float))]
+        per = {m: sum(c.row["gpu_hours"] for c in cells if c.row["method"] == m
+                      and isinstance(c.row.get("gpu_hours"), (int, float))) for m in methods}
+        extra = "" if len(known) == len(gh) else f" ({len(gh) - len(known)} cells without an estimate)"
+        lines.append(f"estimated GPU-hours: {sum(known):.1f}{extra} = "
+                     + ", ".join(f"{m} {per[m]:.1f}" for m in methods))
+    return "\n".join(lines)
+
+
+__all__ = ["Cell", "Planner", "plan_cells", "write_plan", "summary_table", "config_text", "dataset_size",
+           "gpu_hours", "DATASET_SIZE"]

@@ -1,0 +1,246 @@
+"""Sweep files: parse and check a sweep YAML, apply command-line overrides, expand the grid into cells.
+
+Schema (docs/sweep.md)::
+
+    study: demo                     # results/<study>/
+    base: {dataset: fashion_mnist, model.width: 8, ...}   # every cell; group choices or any key
+    grid: {method: [...], batch_size: [...], epochs: [...], seed: [...], method.loss.variance: [...]}
+    exclude: [{method: vicreg_unbiased, batch_size: 32}]  # drop cells matching every key given
+    include: [{method: vicreg, batch_size: 8, epochs: 2, seed: 0}]  # extra cells (base + these keys)
+    per_method: {simclr: {method.projector.hidden_dim: 64, slurm: {mem_gb: 8}}}
+    slurm: {partition: gpu, gpus_per_node: 1, cpus_per_task: 8, mem_gb: 32, timeout_min: 600, ...}
+    throughput: {simclr: 9000, default: 8000}   # images/s per GPU, for GPU-hour estimates
+
+Keys inside base/grid/include/per_method are config keys: nested mappings are flattened to dotted keys
+(``model: {width: 8}`` == ``model.width: 8``); a plain string at a config-group key (``method``,
+``dataset``, ``model``, ``optim``) selects that group's option.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import CONF_GROUPS
+from ..errors import UserError
+
+TOP_KEYS = ("study", "base", "grid", "exclude", "include", "per_method", "slurm", "throughput")
+# Resources the planner passes to submitit (slurm_* prefixed unless generic); docs/sweep.md.
+SLURM_KEYS = (
+    "partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
+    "timeout_min", "array_parallelism", "signal_delay_s", "additional_parameters",
+)
+SLURM_DEFAULTS: dict[str, Any] = {"cpus_per_task": 1, "mem_gb": 2, "timeout_min": 60,
+                                  "array_parallelism": 64, "gpus_per_node": 0}
+
+
+@dataclass
+class Sweep:
+    """A checked sweep file (after command-line overrides)."""
+
+    source: str
+    study: str
+    base: dict[str, Any]
+    grid: dict[str, list]
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    include: list[dict[str, Any]] = field(default_factory=list)
+    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slurm: dict[str, Any] = field(default_factory=dict)
+    per_method_slurm: dict[str, dict[str, Any]] = field(default_factory=dict)
+    throughput: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain dict in the file schema (what plan stores as results/<study>/sweep.yaml)."""
+        pm = {m: dict(v) for m, v in self.per_method.items()}
+        for m, s in self.per_method_slurm.items():
+            pm.setdefault(m, {})["slurm"] = dict(s)
+        return {"study": self.study, "base": self.base, "grid": self.grid, "exclude": self.exclude,
+                "include": self.include, "per_method": pm, "slurm": self.slurm, "throughput": self.throughput}
+
+    def resources(self, method: str) -> dict[str, Any]:
+        """SLURM resources of a cell of ``method``: defaults < sweep ``slurm`` < per-method ``slurm``."""
+        r = dict(SLURM_DEFAULTS)
+        r.update(self.slurm)
+        r.update(self.per_method_slurm.get(method, {}))
+        return r
+
+
+def flatten(d: Any, prefix: str, where: str) -> dict[str, Any]:
+    """Flatten nested mappings to dotted keys; a mapping under a group key stays a nested override."""
+    if not isinstance(d, dict):
+        raise UserError(f"{where}: {prefix or 'value'} must be a mapping, got {type(d).__name__}")
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if not isinstance(k, str) or not k:
+            raise UserError(f"{where}: {prefix}{k!r}: keys must be non-empty strings")
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + ".", where))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: YAML scalar or flow list (``[0,1,2]``, ``1e-3``, ``null``, ``true``)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _load_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise UserError(f"{path}: no such sweep file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a sweep file is a mapping with keys {', '.join(TOP_KEYS)}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
+    """Apply ``section.key=value`` command-line overrides to the raw sweep mapping.
+
+    ``grid.seed=[0,1,2]`` replaces a grid axis, ``study=x`` renames the study, ``slurm.mem_gb=8`` sets a
+    resource; a bare config key (``epochs=5``, ``model.width=8``) is a base override.
+    """
+    for ov in overrides:
+        if "=" not in ov:
+            raise UserError(f"{source}: override {ov!r} is not key=value")
+        key, _, text = ov.partition("=")
+        key = key.strip()
+        value = parse_value(text)
+        head, _, rest = key.partition(".")
+        if head == "study" and not rest:
+            data["study"] = value
+        elif head in ("grid", "base", "slurm", "throughput") and rest:
+            sect = data.get(head) or {}
+            if not isinstance(sect, dict):
+                raise UserError(f"{source}: {head} must be a mapping")
+            if head in ("grid", "base"):
+                sect = flatten(sect, "", source)
+            if head == "grid" and not isinstance(value, list):
+                value = [value]
+            sect[rest] = value
+            data[head] = sect
+        elif head in ("exclude", "include", "per_method"):
+            raise UserError(f"{source}: override {key!r}: edit {head} in the sweep file")
+        else:  # a config key: base override, replacing a grid axis of the same key
+            base = flatten(data.get("base") or {}, "", source)
+            base[key] = value
+            data["base"] = base
+            grid = flatten(data.get("grid") or {}, "", source)
+            grid.pop(key, None)
+            data["grid"] = grid
+    return data
+
+
+def load_sweep(path: Path | str, overrides: list[str] = ()) -> Sweep:
+    """Read and check a sweep file's structure (values are checked per cell by the planner)."""
+    path = Path(path)
+    src = str(path)
+    data = apply_overrides(_load_yaml(path), list(overrides), src)
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise UserError(f"{src}: unknown key {unknown[0]!r} (sweep keys: {', '.join(TOP_KEYS)})")
+    study = data.get("study")
+    if not isinstance(study, str) or not study or "/" in study or study.startswith("."):
+        raise UserError(f"{src}: study: needs a name usable as a directory, got {study!r}")
+    base = flatten(data.get("base") or {}, "base.", src)
+    base = {k[len("base."):]: v for k, v in base.items()}
+    grid_raw = data.get("grid") or {}
+    if not isinstance(grid_raw, dict):
+        raise UserError(f"{src}: grid: must be a mapping of key -> list of values")
+    grid: dict[str, list] = {}
+    for k, v in flatten(grid_raw, "", src).items():
+        if not isinstance(v, list) or not v:
+            raise UserError(f"{src}: grid.{k}: must be a non-empty list of values, got {v!r}")
+        grid[k] = v
+    rules = {}
+    for name in ("exclude", "include"):
+        lst = data.get(name) or []
+        if not isinstance(lst, list):
+            raise UserError(f"{src}: {name}: must be a list of mappings")
+        rules[name] = [flatten(r, "", f"{src}: {name}[{i}]") for i, r in enumerate(lst)]
+        for i, r in enumerate(rules[name]):
+            if not r:
+                raise UserError(f"{src}: {name}[{i}]: empty rule")
+    for i, r in enumerate(rules["exclude"]):
+        for k, v in r.items():
+            if isinstance(v, list):
+                raise UserError(f"{src}: exclude[{i}].{k}: give one value per rule, not a list")
+    pm_raw = data.get("per_method") or {}
+    if not isinstance(pm_raw, dict):
+        raise UserError(f"{src}: per_method: must be a mapping method -> overrides")
+    per_method, per_method_slurm = {}, {}
+    for m, ov in pm_raw.items():
+        ov = dict(ov or {})
+        if not isinstance(ov, dict):
+            raise UserError(f"{src}: per_method.{m}: must be a mapping")
+        if "slurm" in ov:
+            per_method_slurm[m] = _check_slurm(ov.pop("slurm"), f"per_method.{m}.slurm", src)
+        per_method[m] = flatten(ov, "", src)
+    slurm = _check_slurm(data.get("slurm") or {}, "slurm", src)
+    tp = data.get("throughput") or {}
+    if not isinstance(tp, dict):
+        raise UserError(f"{src}: throughput: must be a mapping method -> images/s")
+    for k, v in tp.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise UserError(f"{src}: throughput.{k}: must be a positive number of images/s, got {v!r}")
+    return Sweep(src, study, base, grid, rules["exclude"], rules["include"], per_method, slurm,
+                 per_method_slurm, {k: float(v) for k, v in tp.items()})
+
+
+def _check_slurm(s: Any, where: str, src: str) -> dict[str, Any]:
+    if not isinstance(s, dict):
+        raise UserError(f"{src}: {where}: must be a mapping")
+    for k, v in s.items():
+        if k not in SLURM_KEYS:
+            raise UserError(f"{src}: {where}.{k}: unknown resource (choose from {', '.join(SLURM_KEYS)})")
+        if k in ("gpus_per_node", "cpus_per_task", "timeout_min", "array_parallelism", "signal_delay_s"):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise UserError(f"{src}: {where}.{k}: must be a non-negative integer, got {v!r}")
+        if k == "mem_gb" and (not isinstance(v, (int, float)) or v <= 0):
+            raise UserError(f"{src}: {where}.{k}: must be a positive number, got {v!r}")
+        if k == "additional_parameters" and not isinstance(v, dict):
+            raise UserError(f"{src}: {where}.{k}: must be a mapping of sbatch option -> value")
+    return dict(s)
+
+
+def _matches(cell: dict[str, Any], rule: dict[str, Any]) -> bool:
+    return all(cell.get(k) == v for k, v in rule.items())
+
+
+def expand(sweep: Sweep) -> list[dict[str, Any]]:
+    """The cells: each is a flat dict of overrides (base < per-method < grid/include values)."""
+    keys = list(sweep.grid)
+    cells: list[dict[str, Any]] = []
+    for values in itertools.product(*(sweep.grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        full = {**sweep.base, **point}
+        if any(_matches(full, r) for r in sweep.exclude):
+            continue
+        cells.append(point)
+    for r in sweep.include:
+        cells.append(dict(r))
+    out = []
+    for point in cells:
+        method = point.get("method", sweep.base.get("method"))
+        merged = dict(sweep.base)
+        if isinstance(method, str):
+            merged.update(sweep.per_method.get(method, {}))
+        merged.update(point)
+        out.append(merged)
+    return out
+
+
+GROUPS = CONF_GROUPS

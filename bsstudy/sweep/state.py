@@ -1,0 +1,243 @@
+"""Cell state, derived on every call from the run files, jobs.jsonl and the scheduler (never stored).
+
+States: planned (never submitted) · pending · running · preempted (requeued/pending after training
+started, or PREEMPTED in sacct) · done · diverged · failed (result.json says so, or the job ended
+without one) · unknown (the scheduler could not be asked).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..io import read_jsonl
+
+ACTIVE = ("pending", "running", "preempted")
+FINISHED_BAD = ("failed", "diverged")
+# sacct/squeue states -> ours.
+_SLURM = {
+    "PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
+    "REQUEUE_FED": "pending", "RESV_DEL_HOLD": "pending", "SUSPENDED": "pending", "SPECIAL_EXIT": "pending",
+    "RUNNING": "running", "COMPLETING": "running", "RESIZING": "running", "STAGE_OUT": "running",
+    "SIGNALING": "running", "PREEMPTED": "preempted",
+    "COMPLETED": "ended", "FAILED": "ended", "CANCELLED": "ended", "TIMEOUT": "ended", "NODE_FAIL": "ended",
+    "OUT_OF_MEMORY": "ended", "BOOT_FAIL": "ended", "DEADLINE": "ended", "REVOKED": "ended",
+}
+
+
+@dataclass
+class CellState:
+    """What status shows for one cell."""
+
+    run_id: str
+    method: str
+    batch_size: int
+    epochs: int
+    seed: int
+    state: str = "planned"
+    job_id: str | None = None
+    cluster: str | None = None
+    epoch: int | None = None          # last epoch in metrics.jsonl
+    error: str | None = None          # first line of the error (failed cells)
+    log: str | None = None            # submitit stderr log of the latest job
+    scheduler_state: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON form (``status --json``)."""
+        d = {k: getattr(self, k) for k in ("run_id", "method", "batch_size", "epochs", "seed", "state",
+                                           "job_id", "cluster", "epoch", "error", "log", "scheduler_state")}
+        return d
+
+
+def study_paths(study_dir: Path) -> dict[str, Path]:
+    """Files of a planned study; UserError if it was never planned."""
+    study_dir = Path(study_dir)
+    plan = study_dir / "plan.csv"
+    if not plan.exists():
+        raise UserError(f"{study_dir}: no plan.csv (run `bsstudy plan SWEEP.yaml` first)")
+    return {"dir": study_dir, "plan": plan, "sweep": study_dir / "sweep.yaml", "jobs": study_dir / "jobs.jsonl",
+            "runs": study_dir / "runs", "submitit": study_dir / "submitit"}
+
+
+def read_plan(study_dir: Path) -> list[dict]:
+    """Rows of plan.csv (strings), in plan order."""
+    with open(study_paths(study_dir)["plan"], newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def latest_jobs(study_dir: Path) -> dict[str, dict]:
+    """run_id -> the latest jobs.jsonl line for it."""
+    last: dict[str, dict] = {}
+    for row in read_jsonl(Path(study_dir) / "jobs.jsonl"):
+        if "run_id" in row:
+            last[row["run_id"]] = row
+    return last
+
+
+def _expand_array(jid: str) -> list[str]:
+    """'12_[0-2,5%2]' -> ['12_0', '12_1', '12_2', '12_5']; plain ids unchanged."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", jid)
+    if not m:
+        return [jid]
+    out = []
+    for part in m.group(2).split("%")[0].split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out += [f"{m.group(1)}_{i}" for i in range(int(a), int(b) + 1)]
+        elif part:
+            out.append(f"{m.group(1)}_{part}")
+    return out
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str] | None:
+    """Scheduler state (SLURM names) of job ids: squeue for live jobs, sacct for the rest; None if unreachable."""
+    if not job_ids:
+        return {}
+    if not shutil.which("squeue") or not shutil.which("sacct"):
+        return None
+    wanted = set(job_ids)
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    states: dict[str, str] = {}
+    try:
+        # -r: one line per array task, so pending tasks are not folded into '12_[1-3]'.
+        q = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(bases)],
+                           capture_output=True, text=True, timeout=30)
+        # squeue fails with 'Invalid job id' once every listed job has left the queue: not an error.
+        for line in q.stdout.splitlines():
+            jid, _, st = line.strip().partition("|")
+            for j in _expand_array(jid):
+                if j in wanted:
+                    states[j] = st
+        rest = [j for j in job_ids if j not in states]
+        if rest:
+            a = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j",
+                                ",".join(sorted({j.split("_")[0] for j in rest}))],
+                               capture_output=True, text=True, timeout=30)
+            if a.returncode != 0:
+                return None
+            for line in a.stdout.splitlines():
+                jid, _, st = line.strip().partition("|")
+                st = st.split()[0] if st else st  # "CANCELLED by 0" -> CANCELLED
+                for j in _expand_array(jid):
+                    if j in wanted and j not in states:
+                        states[j] = st
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return states
+
+
+def local_alive(pid: str) -> bool:
+    """A local submitit job (job id = pid of its process) is still running."""
+    try:
+        p = int(str(pid).split("_")[0])
+        stat = Path(f"/proc/{p}/stat").read_text()
+        cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+    except (ValueError, OSError):
+        return False
+    # pid reuse: the process must be a submitit job, and not a zombie
+    return b"submitit" in cmd and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _last_epoch(run_dir: Path) -> int | None:
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    eps = [r["epoch"] for r in rows if isinstance(r.get("epoch"), int)]
+    return max(eps) if eps else None
+
+
+def log_path(submitit_dir: Path, job_id: str) -> Path:
+    """submitit's stderr file of a job (task 0)."""
+    return Path(submitit_dir) / f"{job_id}_0_log.err"
+
+
+_EXC = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*|[\w.]+Error)$")
+
+
+def error_line(result: dict | None, log: Path | None) -> str | None:
+    """First line of a cell's error: result.json's error, else the last exception line of the log."""
+    if result:
+        for k in ("error", "exception", "message"):
+            v = result.get(k)
+            if isinstance(v, str) and v.strip():
+                return v.strip().splitlines()[0]
+    if log is not None and log.exists():
+        lines = log.read_text(errors="replace").splitlines()
+        for line in reversed(lines):
+            s = line.strip()
+            if _EXC.match(s) and not s.startswith("submitit"):
+                return s
+        # no exception line: the scheduler's own message (e.g. CANCELLED, TIMEOUT)
+        for line in reversed(lines):
+            if "slurmstepd" in line or "CANCELLED" in line:
+                return line.strip()
+    return None
+
+
+def cell_states(study_dir: Path, query_scheduler: bool = True) -> list[CellState]:
+    """The state of every planned cell (see module doc)."""
+    paths = study_paths(study_dir)
+    plan = read_plan(study_dir)
+    jobs = latest_jobs(study_dir)
+    sched: dict[str, str] | None = {}
+    slurm_ids = [j["job_id"] for r, j in jobs.items() if j.get("cluster") == "slurm"]
+    if query_scheduler and slurm_ids:
+        sched = slurm_states(slurm_ids)
+    out = []
+    for row in plan:
+        rid = row["run_id"]
+        run_dir = paths["runs"] / rid
+        cs = CellState(rid, row["method"], int(row["batch_size"]), int(row["epochs"]), int(row["seed"]))
+        cs.epoch = _last_epoch(run_dir)
+        job = jobs.get(rid)
+        if job:
+            cs.job_id, cs.cluster = str(job["job_id"]), job.get("cluster")
+            cs.log = str(log_path(paths["submitit"], cs.job_id))
+        result = None
+        rp = run_dir / "result.json"
+        if rp.exists():
+            try:
+                result = json.loads(rp.read_text())
+            except (OSError, json.JSONDecodeError):
+                result = None
+        live = None
+        if job and cs.cluster == "slurm":
+            st = None if sched is None else sched.get(cs.job_id)
+            cs.scheduler_state = st
+            live = "unknown" if sched is None else _SLURM.get(st or "", "ended" if st else "unknown")
+        elif job and cs.cluster == "local":
+            live = "running" if local_alive(cs.job_id) else "ended"
+        elif job:  # debug executor runs in-process: over when submit returned
+            live = "ended"
+        if live in ACTIVE:
+            # a running job after a failed result.json (retry) is the truth; so is a requeued one
+            cs.state = "preempted" if live == "pending" and cs.epoch is not None else live
+        elif result and result.get("status") in ("done", "diverged", "failed"):
+            cs.state = result["status"]
+        elif live == "unknown":
+            cs.state = "unknown"
+        elif job:
+            cs.state = "failed"  # the job ended without writing result.json (killed, OOM, timeout)
+        if cs.state == "failed":
+            cs.error = error_line(result, Path(cs.log) if cs.log else None) or (
+                f"job ended ({cs.scheduler_state}) without result.json" if cs.scheduler_state else
+                "job ended without result.json")
+        out.append(cs)
+    return out
+
+
+def counts(states: list[CellState]) -> dict[str, int]:
+    """Cells per state, in a fixed order."""
+    order = ("planned", "pending", "running", "preempted", "done", "diverged", "failed", "unknown")
+    c = {k: 0 for k in order}
+    for s in states:
+        c[s.state] = c.get(s.state, 0) + 1
+    return c
+
+
+__all__ = ["CellState", "cell_states", "counts", "slurm_states", "read_plan", "latest_jobs", "study_paths",
+           "error_line", "log_path", "ACTIVE", "FINISHED_BAD"]
