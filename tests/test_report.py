@@ -56,6 +56,7 @@ def _hand(values):
     return v.mean(), v.std(ddof=1), n, half
 
 
+@pytest.mark.slow  # its fixture writes the module's report (seconds of matplotlib)
 def test_summary_equals_hand_computed_means_and_t_cis(study, report):
     root, _ = study
     results = [json.loads(p.read_text()) for p in sorted((root / "runs").glob("*/result.json"))]
@@ -154,6 +155,7 @@ def test_figures_have_one_series_per_method(study):
     assert dropped == 0 and fig.axes[0].get_yscale() == "log"
 
 
+@pytest.mark.slow
 def test_tables_are_byte_identical_on_a_second_run(study, report, tmp_path):
     root, _ = study
     again = tmp_path / "again"
@@ -222,8 +224,9 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys):
     assert "no plan.csv" in capsys.readouterr().err
 
 
-def test_cli_formats_and_default_out(study, tmp_path, monkeypatch):
-    root, _ = study
+def test_cli_formats_and_default_out(tmp_path, monkeypatch):
+    root = tmp_path / "results" / "toy"
+    write_study(root, ("vicreg",), (64, 128), (1,), (0, 1))
     monkeypatch.chdir(tmp_path)
     assert main(["report", str(root), "--format", "md"]) == 0
     out = tmp_path / "reports" / "toy"

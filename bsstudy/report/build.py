@@ -212,29 +212,31 @@ def build_report(study_dir: Path | str, out: Path | str | None = None, formats=F
         atomic_write_text(tabdir / "headline.tex", to_latex(head, f"Largest relative drop from the best batch size "
                                                             f"({study.name}; references: ImageNet)", f"tab:{study.name}:headline"))
 
-    # ---- figures
+    # ---- figures (rendered in parallel where there are cores: they are most of the time at 1,000 runs)
     figs: list[tuple[str, str]] = []
+    jobs: list[tuple] = []
     for metric, name in ACCURACY.items():
         if np.isfinite(summary[f"{metric}_mean"]).any():
-            F.save(F.fig_accuracy(summary, metric), figdir, f"accuracy_{name.lower()}")
+            jobs.append((f"accuracy_{name.lower()}", "fig_accuracy", (summary, metric)))
             figs.append((f"accuracy_{name.lower()}", f"{name} top-1 vs batch size (mean and 95% CI band over seeds), "
                          "one panel per epoch budget; last panel: published ImageNet curves (another scale)"))
-    F.save(F.fig_relative_drop(drop), figdir, "relative_drop")
+    jobs.append(("relative_drop", "fig_relative_drop", (drop,)))
     figs.append(("relative_drop", "relative drop from each method's best batch size: ours (solid) vs published (dashed)"))
     hm = "linear_top1" if np.isfinite(summary["linear_top1_mean"]).any() else "knn_top1"
-    F.save(F.fig_heatmap(summary, hm), figdir, "heatmap")
+    jobs.append(("heatmap", "fig_heatmap", (summary, hm)))
     figs.append(("heatmap", f"mean {ACCURACY[hm]} top-1 (%) over batch size x epochs, per method"))
-    F.save(F.fig_collapse(summary), figdir, "collapse")
+    jobs.append(("collapse", "fig_collapse", (summary,)))
     figs.append(("collapse", "collapse diagnostics vs batch size: effective rank and mean |off-diagonal corr|"))
-    fig, shown, total = F.fig_curves(runs, study.curves, max_curve_cells)
-    F.save(fig, figdir, "training_curves")
+    jobs.append(("training_curves", "fig_curves", (runs[["run_id", "status", "method_label", "batch_size", "epochs"]],
+                                                   study.curves, max_curve_cells)))
+    if study.bias is not None:
+        jobs.append(("gradient_bias", "fig_bias", (study.bias,)))
+    extra = F.render_all(jobs, figdir)
+    shown, total = extra["training_curves"]
     figs.append(("training_curves", f"training loss vs epoch, one line per cell (mean over finished seeds); "
                  f"{shown} of {total} cells drawn"))
-    bias_dropped = 0
-    if study.bias is not None:
-        fig, bias_dropped = F.fig_bias(study.bias)
-        F.save(fig, figdir, "gradient_bias")
-    log(f"report: wrote tables and {len(figs) + (study.bias is not None)} figures")
+    bias_dropped = extra["gradient_bias"][0] if study.bias is not None else 0
+    log(f"report: wrote tables and {len(jobs)} figures")
 
     # ---- document
     prov = provenance(study)

@@ -23,35 +23,30 @@ def to_csv(df: pd.DataFrame) -> str:
     return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
 
 
-def ci95(values) -> tuple[float, float, int, float]:
-    """(mean, sample std, n, 95% Student-t CI half-width) of the finite values; NaN where undefined."""
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    n = len(v)
-    if n == 0:
-        return math.nan, math.nan, 0, math.nan
-    mean = float(v.mean())
-    if n == 1:
-        return mean, math.nan, 1, math.nan
-    std = float(v.std(ddof=1))
-    return mean, std, n, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-
-
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per method x batch size x epochs: run counts by status, and mean/std/n/ci95 of each metric
-    over the seeds of runs with status ``done`` (diverged and failed runs are counted, never averaged)."""
-    rows = []
-    for key, g in runs.groupby(KEYS, sort=True):
-        row = dict(zip(KEYS, key))
-        st = g["status"]
-        row.update(runs_total=len(g), n_done=int((st == "done").sum()), n_diverged=int((st == "diverged").sum()),
-                   n_failed=int((st == "failed").sum()))
-        done = g[st == "done"]
-        for m in SUMMARY_METRICS:
-            vals = pd.to_numeric(done[m], errors="coerce").to_numpy() if m in done.columns else []
-            mean, std, n, ci = ci95(vals)
-            row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_n": n, f"{m}_ci95": ci})
-        rows.append(row)
-    out = pd.DataFrame(rows)
+    over the seeds of runs with status ``done`` (diverged and failed runs are counted, never averaged).
+    CI half-width = t_{0.975, n-1} * std / sqrt(n); undefined (NaN) for n < 2."""
+    st = runs["status"]
+    counts = runs.assign(n_done=st == "done", n_diverged=st == "diverged", n_failed=st == "failed").groupby(
+        KEYS, sort=True).agg(runs_total=("status", "size"), n_done=("n_done", "sum"),
+                             n_diverged=("n_diverged", "sum"), n_failed=("n_failed", "sum"))
+    done = runs[st == "done"]
+    out = counts.astype(int)
+    for m in SUMMARY_METRICS:
+        vals = pd.to_numeric(done[m], errors="coerce") if m in done.columns else pd.Series(np.nan, index=done.index)
+        vals = vals.where(np.isfinite(vals))
+        g = vals.groupby([done[k] for k in KEYS], sort=True)
+        agg = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reindex(out.index)
+        n = agg["n"].fillna(0).astype(int).to_numpy()
+        std = np.where(n >= 2, agg["std"].to_numpy(dtype=float), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            half = np.where(n >= 2, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(np.maximum(n, 1)), np.nan)
+        out[f"{m}_mean"] = np.where(n >= 1, agg["mean"].to_numpy(dtype=float), np.nan)
+        out[f"{m}_std"] = std
+        out[f"{m}_n"] = n
+        out[f"{m}_ci95"] = half
+    out = out.reset_index()
     out["batch_size"] = out["batch_size"].astype(int)
     out["epochs"] = out["epochs"].astype(int)
     return out.sort_values(KEYS).reset_index(drop=True)
