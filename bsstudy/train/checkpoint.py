@@ -63,10 +63,8 @@ def load_checkpoint(ckpt_dir: Path | str, map_location: str | torch.device = "cp
                 raise ValueError("not a bsstudy checkpoint")
         except Exception as exc:  # corrupt / truncated file: fall back to the older one
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            warnings.warn(f"checkpoint {p} is unreadable ({first}); trying the previous one", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(f"checkpoint {p} is unreadable ({first}); falling back to the previous one",
+                          RuntimeWarning, stacklevel=2)
             continue
-        if name == PREVIOUS and (d / LAST).exists():
-            warnings.warn(f"resuming from {p} (epoch {state['epoch']})", RuntimeWarning, stacklevel=2)
         return state
     return None

@@ -108,11 +108,15 @@ def _git_commit() -> str | None:
 
 
 def _versions() -> dict[str, str]:
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
 
     from .. import __version__
+    try:  # metadata, not `import torchvision` (its import costs seconds)
+        tv = version("torchvision")
+    except PackageNotFoundError:
+        tv = None
     return {"bsstudy": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": np.__version__}
+            "torchvision": tv, "numpy": np.__version__}
 
 
 def _device_name(device: torch.device) -> str:
@@ -156,8 +160,8 @@ class _Run:
         if self.steps_per_epoch < 1:
             raise UserError(f"batch_size: {self.batch_size} exceeds the {self.n} pretraining images")
         self.augment = TwoViewAugment(cfg.dataset, self.device)
-        # Augmentation stream: own generator (checkpointed), distinct per rank.
-        self.aug_gen = torch.Generator(device=self.device).manual_seed(int(cfg.seed) * 7919 + self.dist.rank)
+        # Augmentation stream: own CPU generator (checkpointed; device-independent params), distinct per rank.
+        self.aug_gen = torch.Generator().manual_seed(int(cfg.seed) * 7919 + self.dist.rank)
 
         backbone = build_backbone(cfg.model, int(cfg.dataset.channels), int(cfg.dataset.image_size))
         projector = build_projector(backbone.feature_dim, cfg.method.projector)

@@ -1,0 +1,118 @@
+"""Checkpoint/resume: kill -9 mid-epoch and restart gives the same run; corrupt last.pt falls back."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bsstudy.io import read_jsonl
+from bsstudy.train import run_cell
+from bsstudy.train.checkpoint import load_checkpoint, save_checkpoint
+from bsstudy.train.cli import prepare_run_dir
+
+TINY = ["batch_size=32", "epochs=3", "seed=3", "deterministic=true", "dataset.train_subset=256",
+        "model.width=4", "model.feature_dim=16", "method.projector.hidden_dim=32", "method.projector.out_dim=32",
+        "eval.probe_weight_decays=[0.0,0.001]", "eval.probe_max_iter=50", "channels_last=false"]
+
+
+@pytest.fixture
+def one_thread():
+    # Same thread count in the test process and the subprocess: reductions then run in the same order.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _make(tmp: Path, name: str, extra: list[str] = ()) -> Path:
+    return prepare_run_dir([*TINY, *extra, f"out={tmp / name}"])
+
+
+def _final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+@pytest.mark.slow
+def test_kill9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, one_thread):
+    ref_dir = _make(tmp_path, "ref", ["debug.sleep_per_step=0.0"])
+    ref = run_cell(ref_dir)
+    assert ref["status"] == "done"
+
+    run_dir = _make(tmp_path, "killed", ["debug.sleep_per_step=0.15"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bsstudy.cli", "train", "--run-dir", str(run_dir)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while len(read_jsonl(run_dir / "metrics.jsonl")) < 1:   # epoch 1 done and checkpointed
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "subprocess made no progress"
+            time.sleep(0.05)
+        time.sleep(0.5)                                          # ~3 of epoch 2's 8 steps
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "result.json").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
+
+    res = run_cell(run_dir)                                      # resumes from epoch 1
+    assert res["status"] == "done"
+    m_ref, m_res = read_jsonl(ref_dir / "metrics.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["epoch"] for m in m_res] == [1, 2, 3]
+    for a, b in zip(m_ref, m_res):
+        for k in ("loss", "invariance", "variance", "covariance", "lr", "emb_std"):
+            assert a[k] == b[k], (a["epoch"], k, a[k], b[k])
+    pa, pb = _final_params(ref_dir), _final_params(run_dir)
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+    assert res["linear_top1"] == ref["linear_top1"] and res["knn_top1"] == ref["knn_top1"]
+    assert res["final_loss"] == ref["final_loss"]
+
+    # a finished run returns its result without training again
+    mtime = (run_dir / "result.json").stat().st_mtime_ns
+    again = run_cell(run_dir)
+    assert again == json.loads((run_dir / "result.json").read_text())
+    assert (run_dir / "result.json").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_corrupt_last_falls_back_to_previous(tmp_path, one_thread):
+    run_dir = _make(tmp_path, "fail3", ["debug.fail_at_epoch=3"])
+    with pytest.raises(RuntimeError, match="fail_at_epoch"):
+        run_cell(run_dir)
+    first = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["epoch"] for m in first] == [1, 2]
+    ck = run_dir / "checkpoints"
+    assert torch.load(ck / "previous.pt", weights_only=False)["epoch"] == 1
+    (ck / "last.pt").write_bytes(b"\x00garbage, not a zip file")
+
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        assert load_checkpoint(ck)["epoch"] == 1
+    # the run resumes from previous.pt (epoch 1), recomputes epoch 2 identically, then fails again at 3
+    with pytest.warns(RuntimeWarning, match="unreadable"), pytest.raises(RuntimeError, match="fail_at_epoch"):
+        run_cell(run_dir)
+    again = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["epoch"] for m in again] == [1, 2]
+    assert again[1]["loss"] == first[1]["loss"]
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["status"] == "failed" and "fail_at_epoch" in res["error"]
+
+
+def test_save_rotates_last_to_previous(tmp_path):
+    save_checkpoint(tmp_path, {"epoch": 1})
+    save_checkpoint(tmp_path, {"epoch": 2})
+    assert torch.load(tmp_path / "previous.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+    assert load_checkpoint(tmp_path / "none") is None
