@@ -232,3 +232,25 @@ def test_cli_formats_and_default_out(tmp_path, monkeypatch):
     out = tmp_path / "reports" / "toy"
     assert (out / "report.md").exists() and not (out / "report.html").exists()
     assert not list((out / "tables").glob("*.tex")) and (out / "summary.csv").exists()
+
+
+def test_variants_get_their_own_label_and_reading_says_when_a_method_does_badly(tmp_path):
+    from bsstudy.report.build import reading
+
+    def acc(method, b, e, seed):
+        return (0.5 if method == "simclr" else 0.85) + 0.001 * seed, 0.8
+
+    root = tmp_path / "results" / "var"
+    syn = write_study(root, ("simclr", "vicreg", "vicreg_unbiased"), (64, 256), (1,), (0, 1), accuracy=acc)
+    for (m, b, e, s), rid in syn.run_ids.items():
+        if m == "vicreg_unbiased" and s == 1:  # the same cells with another variance scheme
+            p = root / "runs" / rid / "config.yaml"
+            p.write_text(p.read_text().replace("variance: jackknife", "variance: c4"))
+    st = load_study(root)
+    assert sorted(st.runs.method_label.unique()) == ["simclr", "vicreg", "vicreg_unbiased[c4,identity]",
+                                                     "vicreg_unbiased[jackknife,identity]"]
+    assert "collapse" not in st.runs.columns and "collapse.effective_rank" in st.runs.columns
+    summary = summarize(st.runs)
+    text = reading(summary, headline(relative_drop(summary)), st.runs, 0)
+    assert "simclr does badly here" in text and "vicreg does badly" not in text
+    assert "vicreg_unbiased[c4,identity]'s largest drop is" in text

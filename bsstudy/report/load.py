@@ -108,7 +108,10 @@ def load_study(path: Path | str) -> Study:
         raise UserError(f"{root}: no runs have finished yet (0 of {len(plan)} planned cells have a result.json; "
                         f"see `bsstudy status {root}`)")
     runs = pd.json_normalize(results, sep=".")
-    runs = runs.drop(columns=[c for c in runs.columns if c.startswith("traceback")], errors="ignore")
+    # a dict field that is null in some runs (collapse of a failed run) leaves a bare all-null column
+    # next to its flattened ones: drop it, the flattened columns carry the values
+    runs = runs.drop(columns=[c for c in runs.columns if runs[c].isna().all()
+                              and any(o.startswith(c + ".") for o in runs.columns)])
     for c in ("linear_top1", "knn_top1", "batch_size", "epochs", "seed"):
         if c in runs.columns:
             runs[c] = pd.to_numeric(runs[c], errors="coerce")

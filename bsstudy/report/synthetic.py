@@ -119,15 +119,15 @@ def write_study(root: Path | str, methods: Iterable[str] = ("simclr", "vicreg", 
                         "final_loss": 10.0 / e if status == "done" else None,
                         "diverged_at_epoch": n_ep - 1 if status == "diverged" else None,
                         "collapse": ({"effective_rank": 40.0 + math.log2(b) + s, "avg_abs_corr": 0.1 + 0.01 * s,
-                                      "min_std": 0.05, "mean_std": 0.2} if status == "done" else
-                                     {"effective_rank": None, "avg_abs_corr": None, "min_std": None,
-                                      "mean_std": None}),
+                                      "min_std": 0.05, "mean_std": 0.2} if status == "done" else None),
                         "train_seconds": 10.0 * e, "images_per_second": 1000.0, "device": "cpu",
                         "git_commit": "0" * 40, "versions": {"torch": "2.14.1", "bsstudy": "0.1.0"},
                         "config_hash": h, "finished_at": "2026-01-01T00:00:00Z",
                     }
                     if status == "failed":
-                        res["error"] = f"RuntimeError: injected failure at epoch {n_ep}"
+                        # as bsstudy.train writes it: first line, then the traceback's tail
+                        res["error"] = (f"RuntimeError: injected failure at epoch {n_ep}\nTraceback (most recent "
+                                        f"call last):\n  File \"loop.py\", line 1\nRuntimeError: injected")
                     if status == "diverged":
                         res["error"] = f"loss is nan at epoch {n_ep - 1}"
                     (rdir / "result.json").write_text(json.dumps(res, indent=2, sort_keys=True))
