@@ -11,8 +11,9 @@ def _plan(args: argparse.Namespace) -> int:
     from .plan import plan_cells, summary_table, write_plan
     from .spec import load_sweep
 
-    sweep = load_sweep(args.sweep, args.overrides)
-    results = Path(args.results)
+    overrides, results = _split_overrides(args.overrides, args.results)
+    sweep = load_sweep(args.sweep, overrides)
+    results = Path(results)
     cells = plan_cells(sweep, results)  # validates every cell before anything is written
     w = write_plan(sweep, cells, results)
     study_dir = results / sweep.study
@@ -20,6 +21,26 @@ def _plan(args: argparse.Namespace) -> int:
           f"({w['configs_new']} new, {w['configs_unchanged']} unchanged, {w['configs_rewritten']} rewritten)")
     print(summary_table(cells))
     return 0
+
+
+def _split_overrides(rest: list[str], results: str) -> tuple[list[str], str]:
+    """Overrides after the sweep file may be mixed with ``--results DIR`` (argparse cannot interleave them)."""
+    from ..errors import UserError
+
+    out, i = [], 0
+    while i < len(rest):
+        a = rest[i]
+        if a == "--results" and i + 1 < len(rest):
+            results, i = rest[i + 1], i + 2
+            continue
+        if a.startswith("--results="):
+            results = a.split("=", 1)[1]
+        elif a.startswith("-"):
+            raise UserError(f"unknown option {a!r} (options: --results DIR)")
+        else:
+            out.append(a)
+        i += 1
+    return out, results
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -69,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "runs/<run_id>/config.yaml. Overrides: grid.KEY=[..], base config KEY=VALUE, "
                        "slurm.KEY=VALUE, study=NAME. Re-planning the same sweep changes nothing.")
     p.add_argument("sweep", help="sweep YAML file (schema: docs/sweep.md)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. grid.seed=[0,1,2] epochs=5")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
+                   help="e.g. grid.seed=[0,1,2] epochs=5 slurm.partition=gpu")
     p.add_argument("--results", default="results", help="results root (default: results/)")
     p.set_defaults(func=_plan)
 

@@ -169,7 +169,7 @@ def plan_cells(sweep: Sweep, results: Path) -> list[Cell]:
         for k in varied:
             v: Any = cfg
             for p in k.split("."):
-                v = v[p] if isinstance(v, dict) else None
+                v = v.get(p) if isinstance(v, dict) else None  # a key of another method: blank
             row[k] = v
         if sweep.throughput:
             gh = gpu_hours(cfg, sweep.throughput)

@@ -169,7 +169,8 @@ def submit(study_dir: Path | str, cluster: str = "auto", retry_failed: bool = Fa
         ex.update_parameters(**executor_parameters(members[0][1], study))
         try:
             with ex.batch():
-                jobs = [ex.submit(_job(paths["runs"] / s.run_id)) for s, _ in members]
+                # torch threads = the CPUs SLURM gave the task (without cgroups torch would take all cores)
+                jobs = [ex.submit(_job(paths["runs"] / s.run_id, int(r["cpus_per_task"]))) for s, r in members]
         except Exception as exc:
             msg = str(exc).strip().splitlines()
             raise UserError(f"sbatch failed: {msg[-1] if msg else type(exc).__name__}") from None

@@ -1,0 +1,167 @@
+"""bsstudy plan: sweep schema, fast planner == one compose per cell, idempotence, one-line errors."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from bsstudy import config as bc
+from bsstudy.cli import main
+from bsstudy.sweep.plan import plan_cells
+from bsstudy.sweep.spec import expand, load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "study": "tiny",
+    "base": {"model.width": 4, "dataset.train_subset": 128, "device": "cpu",
+             "method.projector": {"hidden_dim": 32, "out_dim": 16}},
+    "grid": {"method": ["simclr", "vicreg", "vicreg_unbiased"], "batch_size": [8, 16], "epochs": [2],
+             "seed": [0]},
+}
+
+
+def write(tmp: Path, data, name: str = "s.yaml") -> Path:
+    p = tmp / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+def rows(study_dir: Path) -> list[dict]:
+    with open(study_dir / "plan.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_plan_writes_cells_and_replan_is_noop(tmp_path, capsys):
+    sweep = write(tmp_path, TINY)
+    res = tmp_path / "results"
+    assert main(["plan", str(sweep), "--results", str(res)]) == 0
+    out = capsys.readouterr().out
+    assert "6 cells" in out and "6 new" in out
+    assert "simclr" in out and "total" in out
+    r = rows(res / "tiny")
+    assert len(r) == 6
+    assert {x["method"] for x in r} == {"simclr", "vicreg", "vicreg_unbiased"}
+    for x in r:
+        run_dir = res / "tiny" / "runs" / x["run_id"]
+        cfg = bc.load_run_config(run_dir / "config.yaml")
+        # what the trainer reads back hashes to the run_id (contract), and `out` points at the run dir
+        assert bc.run_id(cfg) == x["run_id"]
+        assert bc.config_hash(cfg) == x["config_hash"]
+        assert Path(cfg.out) == run_dir.resolve()
+        assert cfg.study == "tiny" and cfg.model.width == 4 and cfg.method.projector.hidden_dim == 32
+        assert float(x["lr"]) == pytest.approx(cfg.lr.effective)
+    mtimes = {p: p.stat().st_mtime_ns for p in (res / "tiny").rglob("*") if p.is_file()}
+    assert main(["plan", str(sweep), "--results", str(res)]) == 0
+    assert "0 new, 6 unchanged" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (res / "tiny").rglob("*") if p.is_file()} == mtimes
+
+
+def test_changed_value_makes_new_runs_and_keeps_old(tmp_path, capsys):
+    sweep = write(tmp_path, TINY)
+    res = tmp_path / "results"
+    main(["plan", str(sweep), "--results", str(res)])
+    old = {x["run_id"] for x in rows(res / "tiny")}
+    assert main(["plan", str(sweep), "--results", str(res), "model.width=6"]) == 0
+    new = {x["run_id"] for x in rows(res / "tiny")}
+    assert len(new) == 6 and not (old & new)
+    assert {p.name for p in (res / "tiny" / "runs").iterdir()} == old | new
+
+
+def test_fast_path_equals_one_compose_per_cell(tmp_path):
+    """The planner's dict merges give exactly the config of bsstudy.config.cell_config (full compose)."""
+    for name in ("demo", "batchsize"):
+        sw = load_sweep(ROOT / "sweeps" / f"{name}.yaml")
+        cells = plan_cells(sw, tmp_path)
+        overrides = expand(sw)
+        assert len(cells) == len(overrides)
+        for i in sorted({0, len(cells) // 2, len(cells) - 1, 5}):
+            ref = bc.cell_config([f"{k}={v}" for k, v in overrides[i].items()] + [f"study={sw.study}"])
+            assert bc.run_id(ref) == cells[i].run_id
+            got = {k: v for k, v in cells[i].config.items() if k != "out"}
+            want = {k: v for k, v in OmegaConf.to_container(ref).items() if k != "out"}
+            assert got == want
+            assert bc.canonical_json(ref) == bc.canonical_json(cells[i].config)
+
+
+def test_shipped_sweeps_plan(tmp_path, capsys):
+    assert main(["plan", str(ROOT / "sweeps" / "batchsize.yaml"), "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "144 cells" in out and "estimated GPU-hours" in out
+    r = rows(tmp_path / "batchsize")
+    assert sorted({int(x["batch_size"]) for x in r}) == [2 ** k for k in range(5, 13)]
+    assert {x["backbone"] for x in r} == {"resnet18"} and {x["dataset"] for x in r} == {"cifar10"}
+    assert all(float(x["gpu_hours"]) > 0 for x in r)
+    assert main(["plan", str(ROOT / "sweeps" / "demo.yaml"), "--results", str(tmp_path)]) == 0
+    r = rows(tmp_path / "demo")
+    assert {x["method"] for x in r} == {"simclr", "vicreg", "vicreg_unbiased"}
+    assert len({x["batch_size"] for x in r}) >= 4 and {x["dataset"] for x in r} == {"fashion_mnist"}
+
+
+def test_grid_override_exclude_include_per_method(tmp_path, capsys):
+    data = dict(TINY, exclude=[{"method": "vicreg", "batch_size": 16}],
+                include=[{"method": "vicreg_unbiased", "batch_size": 4, "epochs": 1, "seed": 7,
+                          "method.loss.variance": "c4"}],
+                per_method={"simclr": {"method.loss.temperature": 0.2, "slurm": {"mem_gb": 3}}})
+    sweep = write(tmp_path, data)
+    res = tmp_path / "r"
+    assert main(["plan", str(sweep), "--results", str(res), "grid.seed=[0,1]"]) == 0
+    r = rows(res / "tiny")
+    # 3 methods x 2 B x 2 seeds, minus vicreg B=16 (2 seeds), plus the include
+    assert len(r) == 12 - 2 + 1
+    assert not [x for x in r if x["method"] == "vicreg" and x["batch_size"] == "16"]
+    inc = [x for x in r if x["seed"] == "7"]
+    assert len(inc) == 1 and inc[0]["method.loss.variance"] == "c4" and inc[0]["batch_size"] == "4"
+    for x in r:
+        cfg = bc.load_run_config(res / "tiny" / "runs" / x["run_id"] / "config.yaml")
+        if x["method"] == "simclr":
+            assert cfg.method.loss.temperature == 0.2
+    spec = yaml.safe_load((res / "tiny" / "sweep.yaml").read_text())
+    assert spec["per_method"]["simclr"]["slurm"] == {"mem_gb": 3}
+
+
+BAD = [
+    ("unknown method", {"grid": {"method": ["simclrr"]}}, "method"),
+    ("B=2 unbiased", {"grid": {"method": ["vicreg_unbiased"], "batch_size": [2]}}, "batch_size"),
+    ("typo key", {"base": {"model.widht": 4}}, "model.widht"),
+    ("typo top", {"gird": {"seed": [0]}}, "gird"),
+    ("B > dataset", {"grid": {"batch_size": [256]}}, "batch_size"),
+    ("bad slurm key", {"slurm": {"partitoin": "x"}}, "slurm.partitoin"),
+    ("grid not list", {"grid": {"seed": 3}}, "grid.seed"),
+    ("bad group option", {"base": {"dataset": "mnist"}}, "dataset"),
+]
+
+
+@pytest.mark.parametrize("what,patch,key", BAD, ids=[b[0] for b in BAD])
+def test_bad_sweep_one_line_exit2_nothing_written(tmp_path, capsys, what, patch, key):
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
+    for k, v in patch.items():
+        if k in data and isinstance(data[k], dict):
+            data[k].update(v)
+        else:
+            data[k] = v
+    sweep = write(tmp_path, data)
+    res = tmp_path / "results"
+    assert main(["plan", str(sweep), "--results", str(res)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(sweep) in err and key in err, err
+    assert not res.exists()
+
+
+def test_invalid_yaml_via_console(tmp_path):
+    """The real command line: exit 2, one line naming the file and the position, nothing written."""
+    sweep = write(tmp_path, "study: x\ngrid:\n  method: [simclr\n  seed: [0]\n")
+    res = tmp_path / "results"
+    p = subprocess.run([sys.executable, "-m", "bsstudy.cli", "plan", str(sweep), "--results", str(res)],
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(sweep) in lines[0] and "invalid YAML" in lines[0] and "line" in lines[0]
+    assert not res.exists()
