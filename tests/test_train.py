@@ -1,0 +1,111 @@
+"""Trainer: divergence, injected failure, result.json contract, CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bsstudy.cli import main as cli_main
+from bsstudy.config import config_hash, load_run_config
+from bsstudy.io import read_jsonl
+from bsstudy.train import run_cell
+from bsstudy.train.cli import prepare_run_dir
+from bsstudy.train.loop import epoch_permutation
+
+TINY = ["batch_size=32", "epochs=2", "dataset.train_subset=128", "model.width=4", "model.feature_dim=16",
+        "method.projector.hidden_dim=32", "method.projector.out_dim=32", "eval.probe_weight_decays=[0.0]",
+        "eval.probe_max_iter=30"]
+CONTRACT = {"schema", "run_id", "study", "status", "method", "batch_size", "epochs", "seed", "lr", "dataset",
+            "backbone", "linear_top1", "knn_top1", "final_loss", "diverged_at_epoch", "collapse",
+            "train_seconds", "images_per_second", "device", "git_commit", "versions", "config_hash", "finished_at"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _make(tmp: Path, name: str, extra: list[str] = ()) -> Path:
+    return prepare_run_dir([*TINY, *extra, f"out={tmp / name}"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["simclr", "vicreg_unbiased"])
+def test_done_result_matches_contract(tmp_path, method):
+    d = _make(tmp_path, method, [f"method={method}", "eval.every=1"])
+    res = run_cell(d)
+    assert CONTRACT <= set(res) and res["schema"] == 1 and res["status"] == "done"
+    assert res == json.loads((d / "result.json").read_text())
+    cfg = load_run_config(d / "config.yaml")
+    assert res["config_hash"] == config_hash(cfg)
+    assert (res["method"], res["batch_size"], res["epochs"]) == (method, 32, 2)
+    assert res["lr"] == pytest.approx(cfg.lr.effective) and res["lr_base"] == cfg.lr.base
+    assert res["lr_scaling"] == "linear" and res["lr"] == pytest.approx(cfg.lr.base * 32 / 256)
+    assert 0.0 <= res["linear_top1"] <= 1.0 and 0.0 <= res["knn_top1"] <= 1.0
+    assert set(res["collapse"]) == {"effective_rank", "avg_abs_corr", "min_std", "mean_std"}
+    assert set(res["collapse_backbone"]) == set(res["collapse"])
+    assert res["diverged_at_epoch"] is None and res["final_loss"] is not None
+    rows = read_jsonl(d / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    terms = {"nt_xent"} if method == "simclr" else {"invariance", "variance", "covariance"}
+    for r in rows:
+        assert terms | {"loss", "lr", "seconds", "images_per_second", "emb_std", "emb_effective_rank"} <= set(r)
+    assert "linear_top1" in rows[0] and "linear_top1" not in rows[1]   # eval.every=1, final eval in result
+    assert rows[-1]["loss"] == res["final_loss"]
+    assert rows[0]["step"] == 4 and rows[1]["step"] == 8                 # 128 // 32, drop_last
+
+
+@pytest.mark.slow
+def test_absurd_lr_diverges_without_raising(tmp_path):
+    d = _make(tmp_path, "div", ["optim=sgd", "method.base_lr=1.0e12", "optim.warmup_epochs=0", "epochs=3"])
+    res = run_cell(d)
+    assert res["status"] == "diverged" and res["diverged_at_epoch"] == 1
+    assert res["linear_top1"] is None and res["final_loss"] is None
+    assert json.loads((d / "result.json").read_text())["status"] == "diverged"
+    rows = read_jsonl(d / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1] and rows[0]["loss"] is None
+    assert run_cell(d) == res   # terminal: not retrained
+
+
+def test_fail_at_epoch_writes_failed_and_reraises(tmp_path):
+    d = _make(tmp_path, "fail", ["debug.fail_at_epoch=1"])
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_cell(d)
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "failed" and res["error"].startswith("RuntimeError: debug.fail_at_epoch")
+    assert "Traceback" in res["error"] and CONTRACT <= set(res)
+
+
+def test_epoch_permutation_is_a_function_of_seed_and_epoch():
+    a = epoch_permutation(100, 0, 1)
+    assert torch.equal(a, epoch_permutation(100, 0, 1)) and sorted(a.tolist()) == list(range(100))
+    assert not torch.equal(a, epoch_permutation(100, 0, 2))
+    assert not torch.equal(a, epoch_permutation(100, 1, 1))
+
+
+def test_cli_requires_out_and_refuses_other_config(tmp_path, capsys):
+    assert cli_main(["train", "epochs=1"]) == 2
+    assert "out=DIR is required" in capsys.readouterr().err
+    d = tmp_path / "run"
+    prepare_run_dir([*TINY, f"out={d}"])
+    assert prepare_run_dir([*TINY, f"out={d}"]) == d            # same config: fine (resume)
+    assert cli_main(["train", *TINY, "seed=5", f"out={d}"]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and len(err.strip().splitlines()) == 1
+    assert cli_main(["train", "--run-dir", str(tmp_path / "nope")]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+    assert cli_main(["train", "batch_sz=3", f"out={d}"]) == 2
+    assert "batch_sz" in capsys.readouterr().err
+
+
+def test_cli_help_lists_groups_and_keys(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "method={simclr,vicreg,vicreg_unbiased}" in out and "optim={adamw,lars,sgd}" in out
+    assert "batch_size" in out and "debug.*" in out
