@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -224,6 +223,7 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys):
     assert "no plan.csv" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_formats_and_default_out(tmp_path, monkeypatch):
     root = tmp_path / "results" / "toy"
     write_study(root, ("vicreg",), (64, 128), (1,), (0, 1))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import math
 import os
 import platform
 import subprocess
@@ -143,14 +143,15 @@ def reading(summary: pd.DataFrame, head: pd.DataFrame, runs: pd.DataFrame, n_mis
         if "vicreg" in by and any(m.startswith("vicreg_unbiased") for m in by):
             for m in sorted(x for x in by if x.startswith("vicreg_unbiased")):
                 du, dv = by[m]["max_rel_drop_pct"], by["vicreg"]["max_rel_drop_pct"]
-                # noise scale: 95% CI half-width of each method's worst cell, relative to its best
-                noise = []
+                # noise scale of each drop: the 95% CI half-widths of its best and worst cells, combined
+                # in quadrature, relative to the best; the two drops' scales combine the same way
+                scales = []
                 for meth in (m, "vicreg"):
                     r = by[meth]
-                    c = s[(s["method_label"] == meth) & (s["batch_size"] == r["worst_batch_size"])][f"{col}_ci95"]
-                    if len(c) and np.isfinite(c.iloc[0]):
-                        noise.append(100 * 100 * c.iloc[0] / r["best_top1_pct"])
-                tol = max(noise) if noise else float("nan")
+                    cells = s[s["method_label"] == meth].set_index("batch_size")[f"{col}_ci95"]
+                    cis = [cells.get(r["best_batch_size"], np.nan), cells.get(r["worst_batch_size"], np.nan)]
+                    scales.append(100 * 100 * math.hypot(*cis) / r["best_top1_pct"])
+                tol = math.hypot(*scales)
                 if np.isfinite(tol) and abs(du - dv) <= tol:
                     verdict = f"a difference within the seeds' 95% CI (about {tol:.1f}% relative), so not resolved"
                 elif not np.isfinite(tol):
@@ -163,7 +164,7 @@ def reading(summary: pd.DataFrame, head: pd.DataFrame, runs: pd.DataFrame, n_mis
             parts.append(f"Some cells have only {nmin} finished seed(s), so their CIs are wide or undefined.")
     refs = head[head["source"] == "reference"]
     if len(refs):
-        parts.append("For scale only (ImageNet, ResNet-50, 100 epochs; another dataset and scale): the published "
+        parts.append("For scale only (ImageNet, 100 epochs; another dataset and scale): the published "
                      "curves drop " + ", ".join(f"{r['method'].split(' (')[0]} {_pct(r['max_rel_drop_pct'])}"
                                                 for _, r in refs.iterrows()) + " from their best batch size.")
     nd, nf = int((runs["status"] == "diverged").sum()), int((runs["status"] == "failed").sum())

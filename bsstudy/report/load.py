@@ -11,7 +11,6 @@ import pandas as pd
 
 from ..errors import UserError
 
-STATUSES = ("done", "diverged", "failed")
 # Fields a failed/diverged result.json may carry its error line in (the first one present wins).
 ERROR_KEYS = ("error", "error_message", "message", "exception", "traceback")
 
