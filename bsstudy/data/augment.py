@@ -217,8 +217,13 @@ def resized_crop_flip(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, he
     _, _, h_in, w_in = x.shape
     ay = _interp_matrix(top, height, h_in, out_size[0], None, x.dtype)   # (B, Ho, H)
     ax = _interp_matrix(left, width, w_in, out_size[1], flip, x.dtype)  # (B, Wo, W)
-    # (B,1,Ho,H) @ (B,C,H,W) @ (B,1,W,Wo) -> (B,C,Ho,Wo)
-    return torch.matmul(torch.matmul(ay[:, None], x), ax.transpose(1, 2)[:, None])
+    b, c = x.shape[:2]
+    # Width pass on a free (B, C*H, W) view, then the height pass on the transposed result; two bmm calls
+    # instead of broadcast matmuls that would materialise (B, C, ., .) copies of the weights.
+    y = torch.bmm(x.reshape(b, c * h_in, w_in), ax.transpose(1, 2))                  # (B, C*H, Wo)
+    y = y.view(b, c, h_in, out_size[1]).transpose(2, 3).reshape(b, c * out_size[1], h_in)
+    y = torch.bmm(y, ay.transpose(1, 2))                                              # (B, C*Wo, Ho)
+    return y.view(b, c, out_size[1], out_size[0]).transpose(2, 3).contiguous()
 
 
 def _bcast(f: torch.Tensor) -> torch.Tensor:
@@ -254,38 +259,31 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
+    maxc = torch.maximum(torch.maximum(r, g), b)  # cheaper than a reduction over the channel dim
+    minc = torch.minimum(torch.minimum(r, g), b)
     eq = maxc == minc
     rng = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = rng / torch.where(eq, ones, maxc)
-    div = torch.where(eq, ones, rng)
+    s = rng / torch.where(eq, 1.0, maxc)
+    div = torch.where(eq, 1.0, rng)
     rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
-    is_r = maxc == r
-    is_g = (maxc == g) & ~is_r
-    is_b = ~is_r & ~is_g
-    h = (bc - gc) * is_r + (2.0 + rc - bc) * is_g + (4.0 + gc - rc) * is_b
+    # Pillow's / torchvision's convention: red wins ties, then green.
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
     h = torch.fmod(h / 6.0 + 1.0, 1.0)
     return torch.stack((h, s, maxc), dim=1)
 
 
-# For sector i = floor(6h), which of (v, p, q, t) goes to r, g, b.
-_HSV_SELECT = ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2))
-
-
 def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    # Closed form of the six-sector table: channel n takes v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6.
+    # Same values as torchvision's (v, p, q, t) selection, without a gather.
     h, s, v = x.unbind(1)
     h6 = h * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = i.long().remainder(6)
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    vpqt = torch.stack((v, p, q, t), dim=1)  # (B,4,H,W)
-    sel = torch.tensor(_HSV_SELECT, device=x.device)[:, i]  # (3,B,H,W)
-    return vpqt.gather(1, sel.transpose(0, 1))
+    vs = v * s
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = h6 + n  # in [1, 12): one conditional subtraction is the mod 6 (torch.remainder is slow on CPU)
+        k = torch.where(k >= 6.0, k - 6.0, k)
+        out.append(v - vs * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
+    return torch.stack(out, dim=1).clamp_(0.0, 1.0)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -293,7 +291,8 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     if x.shape[1] != 3:
         return x
     hsv = _rgb_to_hsv(x)
-    h = torch.remainder(hsv[:, 0] + shift.view(-1, 1, 1), 1.0)
+    h = hsv[:, 0] + shift.view(-1, 1, 1)
+    h = h - torch.floor(h)  # mod 1
     return _hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
 
 
