@@ -105,8 +105,9 @@ def select(states: list[CellState], retry_failed: bool) -> tuple[list[CellState]
 
 
 def submit(study_dir: Path | str, cluster: str = "auto", retry_failed: bool = False, dry_run: bool = False,
-           wait: bool | None = None, parallel: int | None = None, out=sys.stdout) -> int:
+           wait: bool | None = None, parallel: int | None = None, out=None) -> int:
     """Submit the cells that need it; returns the exit code (1 if waited for and some cell failed)."""
+    out = out or sys.stdout
     study_dir = Path(study_dir)
     paths = study_paths(study_dir)
     cluster = pick_cluster(cluster)
