@@ -1,6 +1,6 @@
 """Two-view augmentation throughput: our batched tensor pipeline vs a torchvision PIL Dataset + DataLoader.
 
-    python benchmarks/bench_augment.py [--images 4096] [--batch 256] [--workers 2] [--device cpu]
+    python benchmarks/bench_augment.py [--images 4096] [--batch 256] [--workers 2] [--threads N] [--device cpu]
 
 Both sides do the same two-view augmentation of the dataset config (random resized crop, flip, colour
 jitter with probability, grayscale, blur, solarize, normalise): ours with ``TwoViewAugment`` on whole
@@ -89,7 +89,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for our pipeline (default: torch's; use 1 on an oversubscribed machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch threads={torch.get_num_threads()}  baseline DataLoader workers={args.workers}  "
           f"images={args.images}  batch={args.batch}  device={device}")

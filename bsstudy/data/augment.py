@@ -323,8 +323,12 @@ def solarize(x: torch.Tensor, threshold: float = SOLARIZE_THRESHOLD) -> torch.Te
     return torch.where(x >= threshold, 1.0 - x, x)
 
 
-def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.view(-1, 1, 1, 1), a, b)
+def _on_subset(y: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
+    """``y`` with ``fn`` applied to the samples where ``mask`` is set."""
+    idx = mask.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return y
+    return y.index_copy(0, idx, fn(y.index_select(0, idx)).contiguous())
 
 
 def apply_view(x: torch.Tensor, p: ViewParams, out_size: tuple[int, int], kernel_size: int) -> torch.Tensor:
@@ -341,13 +345,11 @@ def apply_view(x: torch.Tensor, p: ViewParams, out_size: tuple[int, int], kernel
             idx = (p.jitter & (p.hue != 0)).nonzero().squeeze(1)
             if idx.numel():  # the HSV round trip is not bit-exact, so only touch the samples that need it
                 y = y.index_copy(0, idx, adjust_hue(y.index_select(0, idx), p.hue.index_select(0, idx)))
-    if channels == 3 and bool(p.gray.any()):
-        y = _where(p.gray, rgb_to_grayscale(y).expand_as(y), y)
-    idx = p.blur.nonzero().squeeze(1)
-    if idx.numel():
-        y = y.index_copy(0, idx, gaussian_blur(y.index_select(0, idx), p.sigma.index_select(0, idx), kernel_size))
-    if bool(p.solarize.any()):
-        y = _where(p.solarize, solarize(y), y)
+    # Ops applied to a minority of samples run on that subset only (cheaper than a masked blend of all).
+    if channels == 3:
+        y = _on_subset(y, p.gray, lambda t: rgb_to_grayscale(t).expand_as(t))
+    y = _on_subset(y, p.blur, lambda t, s=p.sigma: gaussian_blur(t, s[p.blur], kernel_size))
+    y = _on_subset(y, p.solarize, solarize)
     return y
 
 
