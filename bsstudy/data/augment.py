@@ -236,25 +236,29 @@ def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
     return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
 
 
-def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Per-sample brightness: ``clamp(f * x, 0, 1)``."""
-    return (x * _bcast(factor)).clamp_(0.0, 1.0)
+    y = x if inplace else x.clone()
+    return y.mul_(_bcast(factor)).clamp_(0.0, 1.0)
 
 
-def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Per-sample contrast: blend with the image's mean luma."""
     gray = rgb_to_grayscale(x) if x.shape[1] == 3 else x
     mean = gray.mean(dim=(1, 2, 3), keepdim=True)
     f = _bcast(factor)
-    return (f * x + (1 - f) * mean).clamp_(0.0, 1.0)
+    y = x if inplace else x.clone()
+    return y.mul_(f).add_((1 - f) * mean).clamp_(0.0, 1.0)
 
 
-def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Per-sample saturation: blend with the grayscale image (identity for 1 channel)."""
     if x.shape[1] != 3:
-        return x
+        return x if inplace else x.clone()
     f = _bcast(factor)
-    return (f * x + (1 - f) * rgb_to_grayscale(x)).clamp_(0.0, 1.0)
+    gray = rgb_to_grayscale(x).mul_(1 - f)
+    y = x if inplace else x.clone()
+    return y.mul_(f).add_(gray).clamp_(0.0, 1.0)
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
@@ -338,10 +342,11 @@ def apply_view(x: torch.Tensor, p: ViewParams, out_size: tuple[int, int], kernel
     if bool(p.jitter.any()):
         # Non-jittered samples get identity factors: brightness/contrast/saturation with f=1 are exact no-ops.
         one = torch.ones_like(p.brightness)
-        y = adjust_brightness(y, torch.where(p.jitter, p.brightness, one))
-        y = adjust_contrast(y, torch.where(p.jitter, p.contrast, one))
+        # y is our own fresh tensor, so the blends run in place (large allocations dominate on CPU).
+        y = adjust_brightness(y, torch.where(p.jitter, p.brightness, one), inplace=True)
+        y = adjust_contrast(y, torch.where(p.jitter, p.contrast, one), inplace=True)
         if channels == 3:
-            y = adjust_saturation(y, torch.where(p.jitter, p.saturation, one))
+            y = adjust_saturation(y, torch.where(p.jitter, p.saturation, one), inplace=True)
             idx = (p.jitter & (p.hue != 0)).nonzero().squeeze(1)
             if idx.numel():  # the HSV round trip is not bit-exact, so only touch the samples that need it
                 y = y.index_copy(0, idx, adjust_hue(y.index_select(0, idx), p.hue.index_select(0, idx)))
