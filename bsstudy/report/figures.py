@@ -144,9 +144,11 @@ def fig_heatmap(summary: pd.DataFrame, metric: str = "linear_top1") -> Figure:
         ax.set_xticks(range(len(bs)), [str(b) for b in bs], rotation=45 if len(bs) > 5 else 0)
         ax.set_yticks(range(len(es)), [str(e) for e in es])
         ax.set_xlabel("batch size")
-        ax.set_ylabel("epochs")
+        if ax is axes[0][0]:
+            ax.set_ylabel("epochs")
         ax.set_title(method, fontsize=9)
         ax.set_label(method)
+    fig.subplots_adjust(left=0.6 / fig.get_size_inches()[0], bottom=0.25, top=0.88, wspace=0.25)
     if im is not None:
         fig.colorbar(im, ax=axes[0].tolist(), label=f"{ACCURACY[metric]} top-1 (%)")
     return fig
