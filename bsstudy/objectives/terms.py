@@ -74,10 +74,32 @@ def jackknife_std(z: Tensor, eps: float, m: estimators.Moments | None = None) ->
     m = estimators.moments(z) if m is None else m
     n = z.shape[0]
     v = m.s_ii / (n - 1)                                        # (d,)
-    # v_(-a) + eps = [v (n-1)/(n-2) + eps] - n/((n-1)(n-2)) dev2, fused into one op; clamp at eps == clamp v_(-a) >= 0
-    loo = torch.add(v * ((n - 1) / (n - 2)) + eps, m.sq, alpha=-n / ((n - 1) * (n - 2)))
-    sd_loo = torch.sqrt(loo.clamp_min(eps))                     # (n, d)
-    return n * torch.sqrt(v + eps) - ((n - 1) / n) * sd_loo.sum(dim=0)
+    # v_(-a) + eps = [v (n-1)/(n-2) + eps] - n/((n-1)(n-2)) dev2; clamping at eps == clamping v_(-a) at 0
+    loo_sum = _SqrtSumClamped.apply(v * ((n - 1) / (n - 2)) + eps, m.sq, n / ((n - 1) * (n - 2)), eps)
+    return n * torch.sqrt(v + eps) - ((n - 1) / n) * loo_sum
+
+
+class _SqrtSumClamped(torch.autograd.Function):
+    """sum_a sqrt(max(base - coef * sq_a, floor)) over rows a, with a hand-written backward.
+
+    The jackknife's only O(n d) part; fused in-place passes make it ~2x cheaper than the autograd graph of
+    add/clamp/sqrt/sum (it dominated vicreg_unbiased's extra cost over vicreg at large n*d)."""
+
+    @staticmethod
+    def forward(ctx, base: Tensor, sq: Tensor, coef: float, floor: float) -> Tensor:  # type: ignore[override]
+        s = torch.add(base, sq, alpha=-coef)                    # (n, d)
+        s.clamp_min_(floor).sqrt_()
+        ctx.save_for_backward(s)
+        ctx.coef, ctx.floor = coef, floor
+        return s.sum(dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (s,) = ctx.saved_tensors
+        g = s.reciprocal().mul_(0.5 * grad)                     # d sqrt(x)/dx = 1/(2 sqrt x), times upstream
+        thr = torch.sqrt(torch.tensor(ctx.floor, dtype=s.dtype, device=s.device))  # same rounding as forward
+        g.masked_fill_(s <= thr, 0.0)                           # clamped entries carry no gradient
+        return g.sum(dim=0), g.mul_(-ctx.coef), None, None
 
 
 def c4(n: int) -> float:
