@@ -139,4 +139,4 @@ def test_fit_logreg_reaches_the_regularised_optimum():
     assert gw.abs().max() < 1e-4 and gb.abs().max() < 1e-4
     # warm start from the solution converges immediately to the same point
     w2, b2 = probe_mod.fit_logreg(x, y, 3, wd, 200, init=(w.detach(), b.detach()))
-    torch.testing.assert_close(w2, w.detach(), atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(w2, w.detach(), atol=1e-3, rtol=1e-2)
