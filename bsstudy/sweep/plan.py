@@ -9,7 +9,10 @@ hashes to ``bsstudy.config.cell_config`` (one full compose per cell).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -83,6 +86,7 @@ class Planner:
     def __init__(self, source: str) -> None:
         self.source = source
         self._composed: dict[tuple, dict] = {}
+        self.canonical = _CanonicalJSON()
         self._options = {g: bconfig.group_options(g) for g in GROUPS}
 
     def base_config(self, groups: dict[str, str]) -> dict:
@@ -93,6 +97,7 @@ class Planner:
 
             cfg = bconfig.compose([f"{g}={v}" for g, v in sorted(groups.items())])
             self._composed[key] = OmegaConf.to_container(cfg, resolve=True)
+            self.canonical.remember(self._composed[key])
         return self._composed[key]
 
     def resolve(self, overrides: dict[str, Any], study: str) -> dict:
@@ -126,6 +131,61 @@ class Planner:
         return cfg
 
 
+_enc_str = json.JSONEncoder(ensure_ascii=True).encode  # how json.dumps writes keys and strings
+
+
+class _CanonicalJSON:
+    """``bsstudy.config.canonical_json`` with memoised sub-trees.
+
+    Cells share the unchanged sub-dicts of their composed base (copy-on-write in ``_set``), so their
+    encodings are cached by identity; the output is byte-identical to ``json.dumps(sort_keys=True,
+    separators=(",", ":"))`` (tests compare hashes with bsstudy.config). Only valid while the shared
+    base dicts are not mutated, which the planner never does.
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[int, tuple[Any, str]] = {}
+        self._str: dict[str, str] = {}  # keys and string values repeat in every cell
+
+    def encode(self, v: Any, shared: bool = False) -> str:
+        if isinstance(v, dict):
+            hit = self._memo.get(id(v))
+            if hit is not None and hit[0] is v:
+                return hit[1]
+            return "{" + ",".join([self.string(str(k)) + ":" + self.encode(v[k]) for k in sorted(v)]) + "}"
+        t = type(v)
+        if t is str:
+            return self.string(v)
+        if t is int:
+            return int.__repr__(v)
+        if t is bool:
+            return "true" if v else "false"
+        if v is None:
+            return "null"
+        if t is float and math.isfinite(v):
+            return float.__repr__(v)
+        if t is list:
+            return "[" + ",".join([self.encode(x) for x in v]) + "]"
+        return json.dumps(v)
+
+    def string(self, v: str) -> str:
+        e = self._str.get(v)
+        if e is None:
+            e = self._str[v] = _enc_str(v)
+        return e
+
+    def remember(self, d: dict) -> None:
+        """Cache the encodings of every sub-dict of a composed base config (never mutated)."""
+        for v in d.values():
+            if isinstance(v, dict):
+                self.remember(v)
+        self._memo[id(d)] = (d, self.encode(d))
+
+    def config_hash(self, cfg: dict) -> str:
+        d = {k: v for k, v in cfg.items() if k not in bconfig.NON_IDENTITY_KEYS}
+        return hashlib.sha256(self.encode(d).encode()).hexdigest()
+
+
 def dataset_size(cfg: dict) -> int | None:
     """Images used for pretraining: dataset.train_subset, else the dataset's training-set size."""
     ds = cfg["dataset"]
@@ -148,23 +208,25 @@ def gpu_hours(cfg: dict, throughput: dict[str, float]) -> float | None:
 def plan_cells(sweep: Sweep, results: Path) -> list[Cell]:
     """Expand, resolve and validate every cell (nothing written); duplicates collapse to one run."""
     planner = Planner(sweep.source)
-    study_dir = (results / sweep.study).resolve()
+    runs_dir = str((results / sweep.study / "runs").resolve())
     varied = [k for k in sweep.grid if k not in ("method", "batch_size", "epochs", "seed")]
     for r in sweep.include:
         varied += [k for k in r if k not in varied and k not in ("method", "batch_size", "epochs", "seed")]
     cells: dict[str, Cell] = {}
     for ov in expand(sweep):
         cfg = planner.resolve(ov, sweep.study)
-        rid = bconfig.run_id(cfg)
+        h = planner.canonical.config_hash(cfg)
+        # bsstudy.config.run_id's format with the hash computed once (tests assert equality)
+        rid = f"{cfg['method']['name']}-b{cfg['batch_size']}-e{cfg['epochs']}-s{cfg['seed']}-{h[:8]}"
         if rid in cells:
             continue
-        cfg["out"] = str(study_dir / "runs" / rid)
+        cfg["out"] = f"{runs_dir}/{rid}"
         row = {
             "run_id": rid, "study": sweep.study, "method": cfg["method"]["name"],
             "batch_size": cfg["batch_size"], "epochs": cfg["epochs"], "seed": cfg["seed"],
             "lr": cfg["lr"]["effective"], "base_lr": cfg["lr"]["base"], "lr_scaling": cfg["lr"]["scaling"],
             "dataset": cfg["dataset"]["name"], "backbone": cfg["model"]["name"], "optim": cfg["optim"]["name"],
-            "config_hash": bconfig.config_hash(cfg),
+            "config_hash": h,
         }
         for k in varied:
             v: Any = cfg
