@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_text
 from . import figures as F
-from .load import Study, load_study
+from .load import Study, load_study, read_config
 from .references import REFERENCES
 from .render import H, Img, P, Pre, Table, Ul, to_html, to_md
 from .tables import ACCURACY, headline, paper_table, relative_drop, summarize, to_csv, to_latex, to_markdown
@@ -76,39 +76,64 @@ def _pct(x: float) -> str:
     return f"{x:.1f}%"
 
 
+# plan.csv columns written by `bsstudy plan` that the setup section reads (config key in brackets)
+_SETUP = (("dataset", "dataset", ("dataset", "name")), ("backbone", "backbone", ("model", "name")),
+          ("batch sizes", "batch_size", ("batch_size",)), ("epochs", "epochs", ("epochs",)),
+          ("seeds", "seed", ("seed",)))
+_STANDARD = {"run_id", "study", "method", "batch_size", "epochs", "seed", "lr", "base_lr", "lr_scaling", "dataset",
+             "backbone", "optim", "config_hash", "gpu_hours"}
+
+
+def _sorted_vals(values) -> str:
+    out = {v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    out = {int(v) if isinstance(v, float) and v.is_integer() else v for v in out}
+    return ", ".join(str(v) for v in sorted(out, key=lambda v: (isinstance(v, str), v))) or "?"
+
+
 def _setup(study: Study) -> list[str]:
-    """Bullet lines describing the sweep, read from the configs (not from assumptions)."""
-    cfgs = [study.configs[r] for r in study.plan["run_id"] if r in study.configs] or list(study.configs.values())
+    """Bullet lines describing the sweep: from plan.csv (the planner writes each cell's resolved dataset,
+    backbone, optimizer and LR rule there); from the runs' config.yaml where plan.csv lacks a column."""
+    plan, runs = study.plan, study.runs
+    fallback: dict = {}
 
-    def vals(get) -> str:
-        out = set()
-        for c in cfgs:
-            try:
-                v = get(c)
-            except (KeyError, TypeError):
-                continue
-            if v is not None:
-                out.add(v)
-        return ", ".join(str(v) for v in sorted(out, key=lambda v: (isinstance(v, str), v))) or "?"
+    def configs() -> list[dict]:  # whole configs, read only when plan.csv lacks a column
+        if not fallback:
+            ids = [r for r in plan["run_id"] if (study.root / "runs" / r / "config.yaml").is_file()]
+            fallback["cfgs"] = [read_config(study.root / "runs" / r / "config.yaml") for r in ids]
+        return fallback["cfgs"]
 
-    lr = {}
-    for c in cfgs:
-        m = c.get("method") or {}
-        lr.setdefault(m.get("name"), set()).add(
-            f"base lr {m.get('base_lr')} at B=256, {m.get('lr_scaling')} scaling, optimizer {(c.get('optim') or {}).get('name')}")
-    runs = study.runs
-    return [
-        f"dataset: {vals(lambda c: c['dataset']['name'])}",
-        f"backbone: {vals(lambda c: c['model']['name'])}",
-        f"methods: {', '.join(sorted(runs['method_label'].unique()))}",
-        f"batch sizes: {vals(lambda c: c['batch_size'])}",
-        f"epochs: {vals(lambda c: c['epochs'])}",
-        f"seeds: {vals(lambda c: c['seed'])}",
-        "learning-rate rule: " + "; ".join(f"{k}: {' / '.join(sorted(v))}" for k, v in sorted(lr.items(), key=str)),
-        f"cells planned: {len(study.plan)}; with result.json: {len(runs)}"
-        + (f" ({int((~runs['in_plan']).sum())} not in plan.csv, reported anyway)" if (~runs["in_plan"]).any() else ""),
-        f"devices: {', '.join(sorted({str(d) for d in runs.get('device', pd.Series(dtype=str)).dropna()})) or '?'}",
-    ]
+    def from_cfg(path) -> list:
+        out = []
+        for c in configs():
+            for p in path:
+                c = c.get(p) if isinstance(c, dict) else None
+            out.append(c)
+        return out
+
+    lines = []
+    for label, col, path in _SETUP:
+        vals = plan[col].tolist() if col in plan.columns else from_cfg(path)
+        lines.append(f"{label}: {_sorted_vals(vals)}")
+    labels = set(runs["method_label"])
+    planned = {str(m) for m in plan["method"]} if "method" in plan.columns else set()
+    labels |= {m for m in planned if not any(lb == m or lb.startswith(m + "[") for lb in labels)}
+    lines.insert(2, f"methods: {', '.join(sorted(labels))}")
+    if {"method", "base_lr", "lr_scaling", "optim"} <= set(plan.columns):
+        rules = plan[["method", "base_lr", "lr_scaling", "optim"]].drop_duplicates().itertuples(index=False)
+    else:
+        rules = {(c["method"]["name"], c["method"].get("base_lr"), c["method"].get("lr_scaling"),
+                  (c.get("optim") or {}).get("name")) for c in configs() if isinstance(c.get("method"), dict)}
+    by_method: dict = {}
+    for m, base, scaling, optim in rules:
+        by_method.setdefault(str(m), set()).add(f"base lr {base} at B=256, {scaling} scaling, optimizer {optim}")
+    lines.append("learning-rate rule: " + "; ".join(f"{k}: {' / '.join(sorted(v))}" for k, v in sorted(by_method.items())))
+    other = [c for c in plan.columns if c not in _STANDARD]
+    if other:
+        lines.append("also swept: " + "; ".join(f"{c} = {_sorted_vals(plan[c].tolist())}" for c in other))
+    lines.append(f"cells planned: {len(plan)}; with result.json: {len(runs)}"
+                 + (f" ({int((~runs['in_plan']).sum())} not in plan.csv, reported anyway)" if (~runs["in_plan"]).any() else ""))
+    lines.append(f"devices: {', '.join(sorted({str(d) for d in runs.get('device', pd.Series(dtype=str)).dropna()})) or '?'}")
+    return lines
 
 
 def reading(summary: pd.DataFrame, head: pd.DataFrame, runs: pd.DataFrame, n_missing: int) -> str:

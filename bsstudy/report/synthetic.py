@@ -6,7 +6,9 @@ tests can compute the expected tables by hand from the files written here.
 """
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import json
 import math
 import zlib
@@ -16,7 +18,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..config import config_hash
+from ..config import config_hash, effective_lr
 
 Cell = tuple  # (method, batch_size, epochs, seed)
 
@@ -42,24 +44,29 @@ class SyntheticStudy:
     results: dict = field(default_factory=dict)        # run_id -> result dict (as written)
 
 
+@functools.lru_cache(maxsize=None)
+def _conf(name: str) -> dict:
+    """One YAML file of bsstudy/conf (shipped defaults), parsed once."""
+    import yaml
+    from importlib.resources import files
+
+    return yaml.safe_load(files("bsstudy.conf").joinpath(name).read_text()) or {}
+
+
 def make_config(study: str, method: str, batch_size: int, epochs: int, seed: int,
                 variance: str = "jackknife") -> dict:
-    """A resolved run config with the keys the report reads (shape of bsstudy/conf, abridged)."""
-    loss = {"inv_coeff": 25.0, "var_coeff": 25.0, "cov_coeff": 1.0}
-    if method == "simclr":
-        loss = {"temperature": 0.5}
+    """A resolved run config shaped like the planner's (bsstudy/conf defaults merged, ``lr`` block added),
+    so file sizes and parse costs match real studies."""
+    cfg = copy.deepcopy({k: v for k, v in _conf("config.yaml").items() if k != "defaults"})
+    cfg.update(method=copy.deepcopy(_conf(f"method/{method}.yaml")),
+               dataset=copy.deepcopy(_conf("dataset/fashion_mnist.yaml")),
+               model=copy.deepcopy(_conf("model/small_cnn.yaml")), optim=copy.deepcopy(_conf("optim/lars.yaml")))
     if method == "vicreg_unbiased":
-        loss.update(variance=variance, cov_target="identity")
-    base_lr = 0.3 if method == "simclr" else 0.2
-    return {
-        "study": study, "batch_size": batch_size, "epochs": epochs, "seed": seed,
-        "method": {"name": method, "loss": loss, "base_lr": base_lr, "lr_scaling": "linear"},
-        "dataset": {"name": "fashion_mnist", "image_size": 28, "channels": 1, "num_classes": 10},
-        "model": {"name": "small_cnn", "width": 32, "feature_dim": 256},
-        "optim": {"name": "lars", "weight_decay": 1e-6, "warmup_epochs": 1, "schedule": "cosine"},
-        "lr": {"base": base_lr, "scaling": "linear", "effective": base_lr * batch_size / 256},
-        "out": None,
-    }
+        cfg["method"]["loss"]["variance"] = variance
+    cfg.update(study=study, batch_size=batch_size, epochs=epochs, seed=seed, out=None)
+    base, rule = float(cfg["method"]["base_lr"]), str(cfg["method"]["lr_scaling"])
+    cfg["lr"] = {"base": base, "scaling": rule, "effective": effective_lr(base, batch_size, rule)}
+    return cfg
 
 
 def write_study(root: Path | str, methods: Iterable[str] = ("simclr", "vicreg", "vicreg_unbiased"),
@@ -93,8 +100,11 @@ def write_study(root: Path | str, methods: Iterable[str] = ("simclr", "vicreg", 
                     rdir.mkdir(parents=True, exist_ok=True)
                     cfg["out"] = str(rdir)
                     (rdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
-                    plan_rows.append({"run_id": rid, "method": m, "batch_size": b, "epochs": e, "seed": s,
-                                      "lr": cfg["lr"]["effective"]})
+                    plan_rows.append({"run_id": rid, "study": study, "method": m, "batch_size": b, "epochs": e,
+                                      "seed": s, "lr": cfg["lr"]["effective"], "base_lr": cfg["lr"]["base"],
+                                      "lr_scaling": cfg["lr"]["scaling"], "dataset": cfg["dataset"]["name"],
+                                      "backbone": cfg["model"]["name"], "optim": cfg["optim"]["name"],
+                                      "config_hash": h})
                     if cell in missing:
                         continue
                     status = "diverged" if cell in diverged else "failed" if cell in failed else "done"
@@ -134,7 +144,7 @@ def write_study(root: Path | str, methods: Iterable[str] = ("simclr", "vicreg", 
                     out.results[rid] = res
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "plan.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["run_id", "method", "batch_size", "epochs", "seed", "lr"])
+        w = csv.DictWriter(f, fieldnames=list(plan_rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(plan_rows)
     return out
