@@ -205,10 +205,10 @@ def _interp_matrix(start: torch.Tensor, size: torch.Tensor, n_in: int, n_out: in
     i1 = torch.minimum(i0 + 1, size[:, None] - 1)
     i0 = i0 + start[:, None]
     i1 = i1 + start[:, None]
-    m = torch.zeros(b, n_out, n_in, device=dev, dtype=torch.float64)
-    m.scatter_add_(2, i0[..., None], (1 - frac)[..., None])
-    m.scatter_add_(2, i1[..., None], frac[..., None])
-    return m.to(dtype)
+    m = torch.zeros(b, n_out, n_in, device=dev, dtype=dtype)  # coordinates in float64, weights in dtype
+    m.scatter_add_(2, i0[..., None], (1 - frac).to(dtype)[..., None])
+    m.scatter_add_(2, i1[..., None], frac.to(dtype)[..., None])
+    return m
 
 
 def resized_crop_flip(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor,
@@ -261,18 +261,27 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor, inplace: bool = Fal
     return y.mul_(f).add_(gray).clamp_(0.0, 1.0)
 
 
+# Elementwise code below avoids torch.where on image-sized tensors: its CPU kernel is not vectorised and
+# costs ~50x a multiply. Masks are applied as 0/1 float factors instead (same values).
+
+
 def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(1)
     maxc = torch.maximum(torch.maximum(r, g), b)  # cheaper than a reduction over the channel dim
     minc = torch.minimum(torch.minimum(r, g), b)
-    eq = maxc == minc
     rng = maxc - minc
-    s = rng / torch.where(eq, 1.0, maxc)
-    div = torch.where(eq, 1.0, rng)
+    tiny = torch.finfo(x.dtype).tiny
+    # torchvision divides by 1 where max == min; there the numerators are 0, so clamping gives the same 0.
+    s = rng / maxc.clamp_min(tiny)
+    div = rng.clamp_min(tiny)
     rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
     # Pillow's / torchvision's convention: red wins ties, then green.
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.fmod(h / 6.0 + 1.0, 1.0)
+    is_r = maxc == r
+    is_g = (maxc == g) & ~is_r
+    is_b = ~(is_r | is_g)
+    h = (bc - gc) * is_r + (2.0 + rc - bc) * is_g + (4.0 + gc - rc) * is_b
+    h = h.div_(6.0).add_(1.0)
+    h = h - torch.floor(h)  # mod 1 (torch.fmod / remainder are slow on CPU)
     return torch.stack((h, s, maxc), dim=1)
 
 
@@ -284,8 +293,8 @@ def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     vs = v * s
     out = []
     for n in (5.0, 3.0, 1.0):
-        k = h6 + n  # in [1, 12): one conditional subtraction is the mod 6 (torch.remainder is slow on CPU)
-        k = torch.where(k >= 6.0, k - 6.0, k)
+        k = h6 + n  # in [1, 12): mod 6 by one conditional subtraction
+        k = k - 6.0 * (k >= 6.0)
         out.append(v - vs * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
     return torch.stack(out, dim=1).clamp_(0.0, 1.0)
 
@@ -323,8 +332,11 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
 
 
 def solarize(x: torch.Tensor, threshold: float = SOLARIZE_THRESHOLD) -> torch.Tensor:
-    """Invert pixels at or above ``threshold``."""
-    return torch.where(x >= threshold, 1.0 - x, x)
+    """Invert pixels at or above ``threshold`` (images in [0, 1])."""
+    inv = 1.0 - x
+    if threshold == 0.5:
+        return torch.minimum(x, inv)  # for x in [0, 1]: x >= 0.5 exactly when 1 - x <= x
+    return x + (inv - x) * (x >= threshold)
 
 
 def _on_subset(y: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
