@@ -74,6 +74,7 @@ def test_changed_value_makes_new_runs_and_keeps_old(tmp_path, capsys):
     assert {p.name for p in (res / "tiny" / "runs").iterdir()} == old | new
 
 
+@pytest.mark.slow
 def test_fast_path_equals_one_compose_per_cell(tmp_path):
     """The planner's dict merges give exactly the config of bsstudy.config.cell_config (full compose)."""
     for name in ("demo", "batchsize"):
@@ -90,6 +91,7 @@ def test_fast_path_equals_one_compose_per_cell(tmp_path):
             assert bc.canonical_json(ref) == bc.canonical_json(cells[i].config)
 
 
+@pytest.mark.slow
 def test_shipped_sweeps_plan(tmp_path, capsys):
     assert main(["plan", str(ROOT / "sweeps" / "batchsize.yaml"), "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
