@@ -4,7 +4,7 @@ of minibatch SGD on a linear head through the frozen backbone (features recomput
 Prints both accuracies, both wall times and the speed ratio (measured in the same run, same backbone,
 same standardisation and the weight decay the probe chose on held-out train data).
 
-    python benchmarks/bench_probe.py [--n-train 1000] [--n-test 1000] [--epochs 100] [--checkpoint last.pt]
+    python benchmarks/bench_probe.py [--n-train 1000] [--n-test 10000] [--epochs 100] [--checkpoint last.pt]
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def sgd_probe(backbone, tr_img, tr_y, te_img, te_y, dcfg, mean, std, wd, epochs,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=1000)
-    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--n-test", type=int, default=10000)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--checkpoint", default=None, help="a run's checkpoints/last.pt (default: random init)")
     ap.add_argument("--threads", type=int, default=1)
