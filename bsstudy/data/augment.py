@@ -261,52 +261,38 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor, inplace: bool = Fal
     return y.mul_(f).add_(gray).clamp_(0.0, 1.0)
 
 
-# Elementwise code below avoids torch.where on image-sized tensors: its CPU kernel is not vectorised and
-# costs ~50x a multiply. Masks are applied as 0/1 float factors instead (same values).
+# Elementwise code avoids torch.where on image-sized tensors: its CPU kernel is not vectorised and costs
+# many times a multiply. Masks are applied as 0/1 float factors instead (same values).
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Per-sample hue rotation by ``shift`` (fraction of a turn); identity for 1 channel.
+
+    torchvision's RGB -> HSV -> shift -> RGB round trip, fused: HSV's s and v enter the result only as
+    v = max and v*s = max - min, so neither s nor the HSV stack is formed. The hue is kept in sixths of a
+    turn ([0, 6)), and each output channel is the closed form of the six-sector (v, p, q, t) table:
+    ``v - (v*s) * clamp(min(k, 4-k), 0, 1)`` with ``k = (n + 6h) mod 6``, n = 5, 3, 1 for r, g, b.
+    """
+    if x.shape[1] != 3:
+        return x
     r, g, b = x.unbind(1)
-    maxc = torch.maximum(torch.maximum(r, g), b)  # cheaper than a reduction over the channel dim
-    minc = torch.minimum(torch.minimum(r, g), b)
-    rng = maxc - minc
-    tiny = torch.finfo(x.dtype).tiny
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    rng = maxc - torch.minimum(torch.minimum(r, g), b)
     # torchvision divides by 1 where max == min; there the numerators are 0, so clamping gives the same 0.
-    s = rng / maxc.clamp_min(tiny)
-    div = rng.clamp_min(tiny)
-    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
-    # Pillow's / torchvision's convention: red wins ties, then green.
-    is_r = maxc == r
+    inv = 1.0 / rng.clamp_min(torch.finfo(x.dtype).tiny)
+    rc, gc, bc = (maxc - r) * inv, (maxc - g) * inv, (maxc - b) * inv
+    is_r = maxc == r  # Pillow's / torchvision's convention: red wins ties, then green
     is_g = (maxc == g) & ~is_r
     is_b = ~(is_r | is_g)
-    h = (bc - gc) * is_r + (2.0 + rc - bc) * is_g + (4.0 + gc - rc) * is_b
-    h = h.div_(6.0).add_(1.0)
-    h = h - torch.floor(h)  # mod 1 (torch.fmod / remainder are slow on CPU)
-    return torch.stack((h, s, maxc), dim=1)
-
-
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    # Closed form of the six-sector table: channel n takes v - v*s*clamp(min(k, 4-k), 0, 1), k = (n + 6h) mod 6.
-    # Same values as torchvision's (v, p, q, t) selection, without a gather.
-    h, s, v = x.unbind(1)
-    h6 = h * 6.0
-    vs = v * s
+    h6 = (bc - gc) * is_r + (2.0 + rc - bc) * is_g + (4.0 + gc - rc) * is_b  # in [-1, 5)
+    h6 = h6 + 6.0 * shift.view(-1, 1, 1)
+    h6 = h6 - 6.0 * torch.floor(h6 / 6.0)  # mod 6 (torch.remainder / fmod are slow on CPU)
     out = []
     for n in (5.0, 3.0, 1.0):
         k = h6 + n  # in [1, 12): mod 6 by one conditional subtraction
         k = k - 6.0 * (k >= 6.0)
-        out.append(v - vs * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
+        out.append(maxc - rng * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
     return torch.stack(out, dim=1).clamp_(0.0, 1.0)
-
-
-def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Per-sample hue rotation by ``shift`` (fraction of a turn); identity for 1 channel."""
-    if x.shape[1] != 3:
-        return x
-    hsv = _rgb_to_hsv(x)
-    h = hsv[:, 0] + shift.view(-1, 1, 1)
-    h = h - torch.floor(h)  # mod 1
-    return _hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
 
 
 def blur_kernel_size(sigma_max: float, height: int, width: int) -> int:
