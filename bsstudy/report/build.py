@@ -261,12 +261,23 @@ def build_report(study_dir: Path | str, out: Path | str | None = None, formats=F
                                                    study.curves, max_curve_cells)))
     if study.bias is not None:
         jobs.append(("gradient_bias", "fig_bias", (study.bias,)))
-    extra = F.render_all(jobs, figdir)
-    shown, total = extra["training_curves"]
+    rendering = F.start_render(jobs, figdir)  # drawn by workers while this process writes the rest
+    try:
+        return _write_documents(study, out, formats, summary, head, paper, figs, rendering, max_curve_cells, log)
+    except BaseException:
+        rendering.abort()  # never leave workers behind
+        raise
+
+
+def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, head: pd.DataFrame, paper: dict,
+                     figs: list, rendering: "F.Rendering", max_curve_cells: int, log) -> Path:
+    """report.md, report.html and provenance.json (waits for the figures before embedding them)."""
+    runs = study.runs
+    figcount = rendering.count
+    shown, total = F.fig_curves_counts(runs, study.curves, max_curve_cells)
     figs.append(("training_curves", f"training loss vs epoch, one line per cell (mean over finished seeds); "
                  f"{shown} of {total} cells drawn"))
-    bias_dropped = extra["gradient_bias"][0] if study.bias is not None else 0
-    log(f"report: wrote tables and {len(jobs)} figures")
+    bias_dropped = F.bias_dropped(study.bias) if study.bias is not None else 0
 
     # ---- document
     prov = provenance(study)
@@ -348,6 +359,8 @@ def build_report(study_dir: Path | str, out: Path | str | None = None, formats=F
     atomic_write_json(out / "provenance.json", prov)
     if "md" in formats:
         atomic_write_text(out / "report.md", to_md(doc))
+    rendering.wait()
+    log(f"report: wrote tables and {figcount} figures")
     if "html" in formats:
         atomic_write_text(out / "report.html", to_html(doc, f"bsstudy report: {study.name}", out))
     log(f"report: wrote {out}/" + ", ".join(f"report.{f}" for f in formats if f != "tex") + ", provenance.json")

@@ -82,7 +82,8 @@ def fig_accuracy(summary: pd.DataFrame, metric: str = "linear_top1", references:
         ax.set_xlabel("batch size")
         ax.set_ylabel(f"{ACCURACY[metric]} top-1 (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower center")
+        if ax is axes[0][0]:  # same colours in every panel: one legend (legends are costly to draw)
+            ax.legend(fontsize=8, loc="lower center")
     if references:
         ax = axes[0][-1]
         for i, ref in enumerate(REFERENCES):
@@ -177,7 +178,7 @@ def fig_collapse(summary: pd.DataFrame) -> Figure:
             ax.set_xlabel("batch size")
             ax.set_title(f"{name}, {e} epochs", fontsize=9)
             ax.grid(alpha=0.3)
-            if i == 0:
+            if i == 0 and j == 0:
                 ax.legend(fontsize=7, loc="lower right")
     _layout(fig, hspace=0.45)
     return fig
@@ -199,6 +200,12 @@ def bias_label(bias: pd.DataFrame) -> pd.Series:
         sch = bias["scheme"].fillna("").astype(str)
         return obj.where(sch == "", obj + "/" + sch)
     return obj
+
+
+def bias_dropped(bias: pd.DataFrame) -> int:
+    """How many bias estimates :func:`fig_bias` cannot draw on its log axis (non-positive or missing)."""
+    y = pd.to_numeric(bias[bias_columns(bias)[0]], errors="coerce").to_numpy(dtype=float)
+    return int((~(np.isfinite(y) & (y > 0))).sum())
 
 
 def fig_bias(bias: pd.DataFrame) -> tuple[Figure, int]:
@@ -234,10 +241,8 @@ def fig_bias(bias: pd.DataFrame) -> tuple[Figure, int]:
     return fig, dropped
 
 
-def fig_curves(runs: pd.DataFrame, curves: pd.DataFrame, max_cells: int = 36) -> tuple[Figure, int, int]:
-    """Training loss vs epoch per cell (method x B x epochs; mean over seeds of runs that are done), one
-    panel per method, one line per cell. At most ``max_cells`` cells are drawn (smallest epochs/B first):
-    returns (figure, cells drawn, cells in total)."""
+def _curve_cells(runs: pd.DataFrame, curves: pd.DataFrame, max_cells: int):
+    """(per-epoch table of finished runs, cells drawn, all cells) of the training-curve figure."""
     done = runs[runs["status"] == "done"][["run_id", "method_label", "batch_size", "epochs"]]
     c = curves.merge(done, on="run_id") if len(curves) and "loss" in curves.columns else pd.DataFrame()
     methods = sorted(runs["method_label"].unique())
@@ -248,7 +253,21 @@ def fig_curves(runs: pd.DataFrame, curves: pd.DataFrame, max_cells: int = 36) ->
     for m in methods:
         mine = sorted([x for x in cells if x[0] == m], key=lambda x: (x[2], x[1]))
         keep += mine[:per_method]
-    keep = set(keep[:max_cells])
+    return c, set(keep[:max_cells]), cells
+
+
+def fig_curves_counts(runs: pd.DataFrame, curves: pd.DataFrame, max_cells: int = 36) -> tuple[int, int]:
+    """(cells drawn, cells in total) of :func:`fig_curves`, without drawing."""
+    _, keep, cells = _curve_cells(runs, curves, max_cells)
+    return len(keep), len(cells)
+
+
+def fig_curves(runs: pd.DataFrame, curves: pd.DataFrame, max_cells: int = 36) -> tuple[Figure, int, int]:
+    """Training loss vs epoch per cell (method x B x epochs; mean over seeds of runs that are done), one
+    panel per method, one line per cell. At most ``max_cells`` cells are drawn (smallest epochs/B first):
+    returns (figure, cells drawn, cells in total)."""
+    c, keep, cells = _curve_cells(runs, curves, max_cells)
+    methods = sorted(runs["method_label"].unique())
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
     if len(c):
         mean = c.groupby(["method_label", "batch_size", "epochs", "epoch"], sort=True)["loss"].mean().reset_index()
@@ -278,18 +297,51 @@ def _render(job: tuple) -> tuple[str, tuple]:
     return name, extra
 
 
-def render_all(jobs: list[tuple], figdir: Path) -> dict:
-    """Draw and save each ``(name, fig_function_name, args)``; return {name: extra return values}.
+class Rendering:
+    """Figures being drawn: :meth:`wait` returns {name: extra return values of the figure function}."""
+
+    def __init__(self, work: list[tuple], pool=None, pending=None) -> None:
+        self._work, self._pool, self._pending, self._done = work, pool, pending, None
+
+    @property
+    def count(self) -> int:
+        """Number of figures (each written as PNG and PDF)."""
+        return len(self._work)
+
+    def wait(self) -> dict:
+        """Block until every figure file is written (idempotent)."""
+        if self._done is None:
+            if self._pool is None:
+                self._done = dict(_render(w) for w in self._work)
+            else:
+                try:
+                    self._done = dict(self._pending.get())
+                finally:
+                    self._pool.close()
+                    self._pool.join()
+        return self._done
+
+    def abort(self) -> None:
+        """Stop the workers (an error elsewhere: the report is not written)."""
+        if self._pool is not None and self._done is None:
+            self._pool.terminate()
+            self._pool.join()
+
+
+def start_render(jobs: list[tuple], figdir: Path) -> Rendering:
+    """Start drawing and saving each ``(name, fig_function_name, args)``; the caller goes on with its own
+    work (tables, document) and calls ``.wait()`` before it needs the files.
 
     Uses up to 2 forked worker processes (matplotlib is single-threaded; the figures are most of a
-    1,000-run report's time); ``BSSTUDY_REPORT_JOBS=1`` or a platform without fork renders serially.
-    The files are the same either way."""
+    1,000-run report's time); ``BSSTUDY_REPORT_JOBS=1`` or a platform without fork renders serially in
+    ``wait``. The files are the same either way."""
     work = [(name, fn, args, figdir) for name, fn, args in jobs]
-    n = int(os.environ.get("BSSTUDY_REPORT_JOBS", min(2, os.cpu_count() or 1)))
+    env = os.environ.get("BSSTUDY_REPORT_JOBS", "")
+    n = int(env) if env.isdigit() else min(2, os.cpu_count() or 1)
     if n > 1 and len(work) > 1 and "fork" in multiprocessing.get_all_start_methods():
         # the costliest figures first, so the two workers finish together
         order = {"collapse": 0, "accuracy_linear": 1, "accuracy_knn": 2, "training_curves": 3}
         work.sort(key=lambda w: order.get(w[0], 9))
-        with multiprocessing.get_context("fork").Pool(min(n, len(work))) as pool:
-            return dict(pool.imap_unordered(_render, work, chunksize=1))
-    return dict(_render(w) for w in work)
+        pool = multiprocessing.get_context("fork").Pool(min(n, len(work)))
+        return Rendering(work, pool, pool.map_async(_render, work, chunksize=1))
+    return Rendering(work)
