@@ -246,8 +246,8 @@ def _curve_cells(runs: pd.DataFrame, curves: pd.DataFrame, max_cells: int):
     done = runs[runs["status"] == "done"][["run_id", "method_label", "batch_size", "epochs"]]
     c = curves.merge(done, on="run_id") if len(curves) and "loss" in curves.columns else pd.DataFrame()
     methods = sorted(runs["method_label"].unique())
-    cells = sorted({(m, int(b), int(e)) for m, b, e in c[["method_label", "batch_size", "epochs"]].itertuples(
-        index=False)}) if len(c) else []
+    cells = sorted({(m, int(b), int(e)) for m, b, e in c[["method_label", "batch_size", "epochs"]]
+                    .drop_duplicates().itertuples(index=False)}) if len(c) else []
     per_method = max(1, math.ceil(max_cells / max(1, len(methods))))
     keep = []
     for m in methods:
