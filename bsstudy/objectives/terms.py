@@ -1,6 +1,8 @@
 """Loss terms as module-level pure functions of embeddings, so objectives can swap single terms.
 
-Shapes: z, z1, z2 are (n, d); per-dimension statistics are (d,). Nothing here keeps state; the
+Shapes: z, z1, z2 are (n, d); per-dimension statistics are (d,). The per-view functions also take a stack
+(..., n, d) of views (vicreg_unbiased evaluates both views in one call: half the kernel launches) and then
+return (..., d) statistics and (...,) terms. Nothing here keeps state; the
 stateful variance schemes (``jackknife_ema_gate``, ``ema``) take their EMA as an argument.
 """
 from __future__ import annotations
@@ -35,13 +37,13 @@ def invariance(z1: Tensor, z2: Tensor) -> Tensor:
 
 
 def hinge(sd: Tensor, gamma: float) -> Tensor:
-    """(1/d) sum_i max(0, gamma - sd_i)."""
-    return F.relu(gamma - sd).mean()
+    """(1/d) sum_i max(0, gamma - sd_i) (over the last dimension)."""
+    return F.relu(gamma - sd).mean(dim=-1)
 
 
 def plugin_std(z: Tensor, eps: float) -> Tensor:
     """sqrt(Var_i + eps) with the 1/(n-1) variance: VICReg's per-dimension std. (d,)"""
-    return torch.sqrt(z.var(dim=0) + eps)
+    return torch.sqrt(z.var(dim=-2) + eps)
 
 
 def vicreg_covariance(z: Tensor) -> Tensor:
@@ -56,7 +58,7 @@ def unbiased_covariance(z: Tensor, target: str, m: estimators.Moments | None = N
     Unbiased in value and gradient for every n >= 4; may be negative (never clamped). ``m``: precomputed
     ``estimators.moments(z)`` (shared with ``jackknife_std``)."""
     m = estimators.moments(z) if m is None else m
-    d = z.shape[1]
+    d = z.shape[-1]
     if target == "identity":
         return estimators.minus_identity_sq_from_moments(m, unbiased=True) / d
     if target == "offdiag":
@@ -72,10 +74,11 @@ def jackknife_std(z: Tensor, eps: float, m: estimators.Moments | None = None) ->
     ``m``: precomputed ``estimators.moments(z)``.
     """
     m = estimators.moments(z) if m is None else m
-    n = z.shape[0]
-    v = m.s_ii / (n - 1)                                        # (d,)
+    n = z.shape[-2]
+    v = m.s_ii / (n - 1)                                        # (..., d)
     # v_(-a) + eps = [v (n-1)/(n-2) + eps] - n/((n-1)(n-2)) dev2; clamping at eps == clamping v_(-a) at 0
-    loo_sum = _SqrtSumClamped.apply(v * ((n - 1) / (n - 2)) + eps, m.sq, n / ((n - 1) * (n - 2)), eps)
+    base = (v * ((n - 1) / (n - 2)) + eps).unsqueeze(-2)        # (..., 1, d)
+    loo_sum = _SqrtSumClamped.apply(base, m.sq, n / ((n - 1) * (n - 2)), eps)
     return n * torch.sqrt(v + eps) - ((n - 1) / n) * loo_sum
 
 
@@ -87,19 +90,19 @@ class _SqrtSumClamped(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, base: Tensor, sq: Tensor, coef: float, floor: float) -> Tensor:  # type: ignore[override]
-        s = torch.add(base, sq, alpha=-coef)                    # (n, d)
+        s = torch.add(base, sq, alpha=-coef)                    # (..., n, d)
         s.clamp_min_(floor).sqrt_()
         ctx.save_for_backward(s)
         ctx.coef, ctx.floor = coef, floor
-        return s.sum(dim=0)
+        return s.sum(dim=-2)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (s,) = ctx.saved_tensors
-        g = s.reciprocal().mul_(0.5 * grad)                     # d sqrt(x)/dx = 1/(2 sqrt x), times upstream
+        g = s.reciprocal().mul_(0.5 * grad.unsqueeze(-2))  # d sqrt(x)/dx = 1/(2 sqrt x), times upstream
         thr = torch.sqrt(torch.tensor(ctx.floor, dtype=s.dtype, device=s.device))  # same rounding as forward
         g.masked_fill_(s <= thr, 0.0)                           # clamped entries carry no gradient
-        return g.sum(dim=0), g.mul_(-ctx.coef), None, None
+        return g.sum(dim=-2, keepdim=True), g.mul_(-ctx.coef), None, None
 
 
 def c4(n: int) -> float:
@@ -109,14 +112,14 @@ def c4(n: int) -> float:
 
 def c4_std(z: Tensor, eps: float) -> Tensor:
     """sqrt(Var + eps) / c4(n): unbiased std for Gaussian data only. (d,)"""
-    return plugin_std(z, eps) / c4(z.shape[0])
+    return plugin_std(z, eps) / c4(z.shape[-2])
 
 
 def gated_hinge(sd: Tensor, ema_var: Tensor, gamma: float, eps: float) -> Tensor:
     """(1/d) sum_i 1[sqrt(ema_i + eps) < gamma] (gamma - sd_i): the hinge's on/off decided by an EMA of
     the variance, not by the noisy batch estimate (no spurious push on dimensions already above gamma)."""
     gate = (torch.sqrt(ema_var + eps) < gamma).to(sd.dtype)
-    return (gate * (gamma - sd)).mean()
+    return (gate * (gamma - sd)).mean(dim=-1)
 
 
 def ema_hinge(var: Tensor, ema_var: Tensor, gamma: float, eps: float) -> Tensor:
@@ -129,4 +132,4 @@ def ema_hinge(var: Tensor, ema_var: Tensor, gamma: float, eps: float) -> Tensor:
     active = (sd_m < gamma).to(var.dtype)
     h = active * (gamma - sd_m)
     dh = -active / (2.0 * sd_m)
-    return (h + dh * (var - ema_var)).mean()
+    return (h + dh * (var - ema_var)).mean(dim=-1)
