@@ -24,8 +24,8 @@ from .errors import UserError
 DEFAULT_BATCH_SIZES = (8, 32, 128, 512)
 DEFAULT_OBJECTIVES = ("vicreg", "vicreg_unbiased", "simclr")
 DEFAULT_SCHEMES = ("jackknife", "jackknife_ema_gate", "ema", "c4", "plugin")
-DEFAULT_POOL = 4096
-DEFAULT_REPEATS = 256
+DEFAULT_POOL = 2048
+DEFAULT_REPEATS = 128
 DEFAULT_GROUPS = 8
 
 # Leading columns of bias.csv (contract with bsstudy.report, which reads results/<study>/bias/bias.csv).
@@ -177,7 +177,7 @@ def run(s: Settings, progress: bool = True) -> "Any":
     cfg, ckpt = network.run_config(s.overrides, s.checkpoint)
     objectives = network.build_objectives(cfg, s.objectives, s.schemes)
     model = network.build_model(cfg, s.seed, device, ckpt)
-    pool = network.build_pool(cfg, model, s.pool, s.seed, device, s.chunk)
+    pool = network.build_pool(cfg, model, s.pool, s.seed, device, s.chunk, calibrate_bn=ckpt is None)
     t_pool = time.perf_counter() - t0
     rows, notes = measure_all(
         objectives, pool.z1, pool.z2, None if s.embedding_only else pool.jt, s.batch_sizes, s.repeats,
@@ -192,7 +192,7 @@ def run(s: Settings, progress: bool = True) -> "Any":
                     "method_of_config": str(cfg.method.name), "dataset": str(cfg.dataset.name),
                     "init": "checkpoint" if ckpt else f"random (seed {s.seed})",
                     "checkpoint": str(ckpt) if ckpt else None, "n_params": pool.n_params,
-                    "embedding_dim": int(pool.z1.shape[1]), "batchnorm": "eval mode (running statistics)"},
+                    "embedding_dim": int(pool.z1.shape[1]), "batchnorm": "eval mode; running statistics " + ("of the checkpoint" if ckpt else "calibrated on the pool")},
         "objectives": notes,
         "seconds": {"setup": t_pool, "total": wall},
         "versions": _versions(),

@@ -262,19 +262,26 @@ def warm_state(
     chunk = min(int(chunk), n)
     g = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(n, generator=g)
-    with torch.no_grad():
+    if callable(getattr(fn, "train", None)):
+        fn.train()  # bsstudy objectives update their EMA only in training mode with grad enabled
+    # grad mode on (objectives update state only then) but inputs detached, so no graph is built
+    with torch.enable_grad():
+        start = 0
         for c in range(int(calls)):
-            a = (c * chunk) % n
-            if a + chunk > n:  # new pass over the pool, new order
-                perm, a = torch.randperm(n, generator=g), 0
-            ix = perm[a : a + chunk].to(z1.device)
-            fn(z1[ix], z2[ix])
+            if start + chunk > n:  # a new pass over the pool, in a new order
+                perm, start = torch.randperm(n, generator=g), 0
+            ix = perm[start : start + chunk].to(z1.device)
+            start += chunk
+            fn(z1[ix].detach(), z2[ix].detach())
+    if callable(getattr(fn, "eval", None)):
+        fn.eval()  # freeze (the state is also restored before every call)
     obj.state = state_of(fn)
-    moved = float((_flat_state(obj.state) - _flat_state(before)).norm())
-    if moved == 0.0:
+    before_flat, after_flat = _flat_state(before), _flat_state(obj.state)
+    if before_flat.shape == after_flat.shape and torch.equal(before_flat, after_flat):
         raise RuntimeError(f"{obj.label}: its state did not change while warming on the pool")
-    return {"stateful": True, "warm_calls": int(calls), "warm_chunk": chunk,
-            "state_keys": sorted(obj.state.keys())}
+    summary = {k: {"mean": float(v.double().mean()), "min": float(v.min()), "max": float(v.max())}
+               for k, v in obj.state.items() if torch.is_tensor(v) and v.is_floating_point() and v.numel()}
+    return {"stateful": True, "warm_calls": int(calls), "warm_chunk": chunk, "state": summary}
 
 
 def _flat_state(sd: dict) -> torch.Tensor:

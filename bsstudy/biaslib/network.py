@@ -98,6 +98,31 @@ def build_model(cfg: DictConfig, seed: int, device: torch.device, checkpoint: Pa
     return model
 
 
+def calibrate_batchnorm(model: torch.nn.Module, inputs: Sequence[torch.Tensor], chunk: int) -> None:
+    """Set every BatchNorm's running mean/var to the statistics of ``inputs`` (cumulative average over
+    chunks), then return to eval mode.
+
+    A freshly initialised network has running mean 0 / var 1, which in eval mode leaves the activations
+    unnormalised: the embeddings come out nearly collapsed (std ~1e-3 at the default config), far from
+    anything training sees. Calibrating on the pool gives eval-mode BN the scale train-mode BN would have.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: equal weight for every chunk
+    model.train()
+    with torch.no_grad():
+        for x in inputs:
+            for a in range(0, x.shape[0], chunk):
+                model(x[a : a + chunk])
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+
+
 @dataclass
 class Pool:
     """N augmented pairs (inputs x1, x2), their frozen embeddings z1, z2 and the J^T operator."""
@@ -112,9 +137,12 @@ class Pool:
 
 
 def build_pool(
-    cfg: DictConfig, model: torch.nn.Module, n_pool: int, seed: int, device: torch.device, chunk: int = 512
+    cfg: DictConfig, model: torch.nn.Module, n_pool: int, seed: int, device: torch.device, chunk: int = 512,
+    calibrate_bn: bool = True,
 ) -> Pool:
-    """Draw ``n_pool`` images (without replacement, from ``seed``), augment each once into two views."""
+    """Draw ``n_pool`` images (without replacement, from ``seed``), augment each once into two views.
+
+    ``calibrate_bn``: set the BatchNorm running statistics to the pool's (see ``calibrate_batchnorm``)."""
     from ..data import load_dataset
     from ..data.augment import TwoViewAugment
 
@@ -125,13 +153,16 @@ def build_pool(
     g = torch.Generator().manual_seed(int(seed))
     idx = torch.randperm(total, generator=g)[:n_pool]
     aug = TwoViewAugment(cfg.dataset, device)
-    ag = torch.Generator(device=device).manual_seed(int(seed) + 1)
+    ag = torch.Generator().manual_seed(int(seed) + 1)  # CPU generator: same views on any device
     x1s, x2s = [], []
     for a in range(0, n_pool, chunk):
         v1, v2 = aug(data.images[idx[a : a + chunk]].to(device), ag)
         x1s.append(v1.float())
         x2s.append(v2.float())
     x1, x2 = torch.cat(x1s), torch.cat(x2s)
+
+    if calibrate_bn:
+        calibrate_batchnorm(model, [x1, x2], chunk)
 
     def embed(x: torch.Tensor) -> torch.Tensor:
         return model(x)[1]
