@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--checkpoint", default=None, help="a run's checkpoints/last.pt (default: random init)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--weight-decays", nargs="+", type=float, default=None,
+                    help="probe grid (default: eval.probe_weight_decays of the config)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -65,10 +67,11 @@ def main() -> None:
     fit_logreg(torch.randn(64, 4), torch.arange(64) % 2, 2, 0.0, 5)
     te_img, te_y = te.images[:args.n_test], te.labels[:args.n_test]
 
+    wds = args.weight_decays if args.weight_decays is not None else list(cfg.eval.probe_weight_decays)
     t0 = time.perf_counter()
     tr_f = extract_features(bb, tr.images, cfg.dataset, "cpu")
     te_f = extract_features(bb, te_img, cfg.dataset, "cpu")
-    res = linear_probe(tr_f, tr.labels, te_f, te_y, weight_decays=list(cfg.eval.probe_weight_decays),
+    res = linear_probe(tr_f, tr.labels, te_f, te_y, weight_decays=wds,
                        val_fraction=float(cfg.eval.probe_val_fraction), max_iter=int(cfg.eval.probe_max_iter))
     t_probe = time.perf_counter() - t0
     mean, std = tr_f.mean(0, keepdim=True), tr_f.std(0, keepdim=True).clamp_min(1e-6)
@@ -77,7 +80,7 @@ def main() -> None:
     acc_sgd = sgd_probe(bb, tr.images, tr.labels, te_img, te_y, cfg.dataset, mean, std, res["weight_decay"],
                         args.epochs)
     t_sgd = time.perf_counter() - t0
-    n_wd = len(cfg.eval.probe_weight_decays)
+    n_wd = len(wds)
     print(f"backbone: small_cnn ({'checkpoint' if args.checkpoint else 'random init'}), "
           f"{args.n_train} train / {args.n_test} test images, {args.threads} thread(s)")
     print(f"cached L-BFGS probe ({n_wd} weight decays on held-out train + refit, incl. feature extraction): "
