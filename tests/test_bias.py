@@ -305,3 +305,53 @@ def test_stateful_objective_is_warmed_on_the_pool_and_frozen() -> None:
     assert len(after_warm) == 1 + 2 * 64
     assert all(torch.equal(s, obj.state["ema"]) for s in after_warm)
     assert rows[0]["loss_bias_ci_low"] <= 0 <= rows[0]["loss_bias_ci_high"]
+
+
+TINY = ["model.width=4", "model.feature_dim=16", "method.projector.hidden_dim=32", "method.projector.out_dim=16"]
+
+
+@pytest.mark.slow
+def test_end_to_end_on_fashion_mnist_and_from_checkpoint(tmp_path) -> None:
+    """Real data, real network (tiny widths): files, columns, figure; then the same from a checkpoint."""
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from bsstudy.bias import CSV_COLUMNS, run
+    from bsstudy.biaslib import network
+    from bsstudy.config import compose
+
+    s = Settings(overrides=TINY, out=str(tmp_path / "rand"), batch_sizes=[8, 16], repeats=6, groups=3, pool=64,
+                 schemes=["jackknife", "ema"], device="cpu", seed=3)
+    df = run(s, progress=False)
+    for f in ("bias.csv", "bias.json", "bias.png", "bias.pdf"):
+        assert (tmp_path / "rand" / f).stat().st_size > 0
+    csv = pd.read_csv(tmp_path / "rand" / "bias.csv")
+    assert list(csv.columns[: len(CSV_COLUMNS)]) == list(CSV_COLUMNS)
+    assert len(csv) == 4 * 2 and set(csv["label"]) == {"vicreg", "vicreg_unbiased[jackknife]",
+                                                         "vicreg_unbiased[ema]", "simclr"}
+    assert csv[["rel_bias", "rel_noise", "emb_rel_bias", "cosine"]].notna().all().all()
+    meta = json.loads((tmp_path / "rand" / "bias.json").read_text())
+    assert meta["settings"]["seed"] == 3 and meta["objectives"]["vicreg_unbiased[ema]"]["stateful"]
+    assert meta["network"]["batchnorm"].endswith("calibrated on the pool")
+    assert df["loss_pool"].notna().all()
+
+    # a trainer-style run dir: config.yaml + checkpoints/last.pt with {"model": state_dict}
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    cfg = compose(TINY)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    model = network.build_model(cfg, 11, torch.device("cpu"), None)
+    torch.save({"model": model.state_dict(), "epoch": 1}, run_dir / "checkpoints" / "last.pt")
+    s2 = Settings(out=str(tmp_path / "ck"), batch_sizes=[8], repeats=6, groups=3, pool=64,
+                  objectives=["vicreg"], checkpoint=str(run_dir / "checkpoints" / "last.pt"), device="cpu")
+    df2 = run(s2, progress=False)
+    assert len(df2) == 1
+    meta2 = json.loads((tmp_path / "ck" / "bias.json").read_text())
+    assert meta2["network"]["init"] == "checkpoint"
+    # weights that do not fit the config are a one-line UserError
+    torch.save({"model": {"nope": torch.zeros(1)}}, run_dir / "checkpoints" / "last.pt")
+    with pytest.raises(UserError, match="do not fit"):
+        run(s2, progress=False)
+    with pytest.raises(UserError, match="no such file"):
+        run(Settings(checkpoint=str(tmp_path / "missing.pt"), pool=64, batch_sizes=[8], repeats=6, groups=3),
+            progress=False)
