@@ -21,9 +21,10 @@ from test_submit_local import status_json, tiny_sweep
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def sacct_job_ids() -> list[str]:
-    time.sleep(2.0)  # records reach slurmdbd asynchronously (shared/slurm/NOTES.md, gotcha 11)
-    p = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "-S", "2000-01-01"],
+def sacct_job_ids(name: str) -> list[str]:
+    """Every job SLURM accounting knows with this job name (submit names jobs bsstudy-<study>)."""
+    time.sleep(2.0)  # records reach slurmdbd asynchronously (ci/slurm/NOTES.md, gotcha 11)
+    p = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "-S", "2000-01-01", "--name", name],
                        capture_output=True, text=True, check=True)
     return sorted(set(p.stdout.split()))
 
@@ -59,11 +60,12 @@ def test_array_runs_to_the_end_and_resubmit_is_noop(tmp_path, capsys):
         r = json.loads((study / "runs" / c["run_id"] / "result.json").read_text())
         assert r["status"] == "done" and r["linear_top1"] is not None
 
-    before = sacct_job_ids()
+    before = sacct_job_ids("bsstudy-arr")
+    assert set(before) >= {c["job_id"] for c in st["cells"]}
     capsys.readouterr()
     assert main(["submit", str(study), "--cluster", "slurm"]) == 0
     assert "nothing to submit" in capsys.readouterr().out
-    assert sacct_job_ids() == before
+    assert sacct_job_ids("bsstudy-arr") == before
     assert len(read_jsonl(study / "jobs.jsonl")) == 4
 
 
