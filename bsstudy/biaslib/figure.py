@@ -38,7 +38,7 @@ def plot(df: pd.DataFrame, out_dir: Path, title: str = "") -> list[Path]:
             lo = d[f"{pre}rel_bias_ci_low"].to_numpy(float)
             hi = d[f"{pre}rel_bias_ci_high"].to_numpy(float)
             res = lo > 0  # resolved: the CI excludes zero bias
-            ax.plot(b[res], est[res], "-o", color=col, label=lab, ms=4, lw=1.3)
+            ax.plot(b[res], est[res], "-o", color=col, label=lab if res.any() else None, ms=4, lw=1.3)
             ax.errorbar(b[res], est[res], yerr=[est[res] - lo[res], hi[res] - est[res]], fmt="none",
                         ecolor=col, capsize=2, lw=1)
             if (~res).any():
@@ -54,7 +54,8 @@ def plot(df: pd.DataFrame, out_dir: Path, title: str = "") -> list[Path]:
         vals = vals[np.isfinite(vals) & (vals > 0)]
         if vals.size:
             ax.set_ylim(vals.min() / 3, vals.max() * 2)
-    axes[0][0].legend(fontsize=6, loc="lower left")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
@@ -63,7 +64,7 @@ def plot(df: pd.DataFrame, out_dir: Path, title: str = "") -> list[Path]:
 
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
-        fig.savefig(buf, format=ext, dpi=150)
+        fig.savefig(buf, format=ext, dpi=150, bbox_inches="tight")
         path = Path(out_dir) / f"bias.{ext}"
         atomic_write_bytes(path, buf.getvalue())
         written.append(path)
