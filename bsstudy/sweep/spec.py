@@ -27,6 +27,7 @@ import yaml
 from ..config import CONF_GROUPS
 from ..errors import UserError
 
+GROUPS = CONF_GROUPS  # keys whose string value selects a config-group option
 TOP_KEYS = ("study", "base", "grid", "exclude", "include", "per_method", "slurm", "throughput")
 # Resources the planner passes to submitit (slurm_* prefixed unless generic); docs/sweep.md.
 SLURM_KEYS = (
@@ -242,5 +243,3 @@ def expand(sweep: Sweep) -> list[dict[str, Any]]:
         out.append(merged)
     return out
 
-
-GROUPS = CONF_GROUPS

@@ -11,7 +11,7 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
@@ -46,13 +46,11 @@ class CellState:
     error: str | None = None          # first line of the error (failed cells)
     log: str | None = None            # submitit stderr log of the latest job
     scheduler_state: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON form (``status --json``)."""
-        d = {k: getattr(self, k) for k in ("run_id", "method", "batch_size", "epochs", "seed", "state",
-                                           "job_id", "cluster", "epoch", "error", "log", "scheduler_state")}
-        return d
+        return {k: getattr(self, k) for k in ("run_id", "method", "batch_size", "epochs", "seed", "state",
+                                              "job_id", "cluster", "epoch", "error", "log", "scheduler_state")}
 
 
 def study_paths(study_dir: Path) -> dict[str, Path]:
