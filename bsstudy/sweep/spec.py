@@ -184,9 +184,9 @@ def load_sweep(path: Path | str, overrides: list[str] = ()) -> Sweep:
         raise UserError(f"{src}: per_method: must be a mapping method -> overrides")
     per_method, per_method_slurm = {}, {}
     for m, ov in pm_raw.items():
-        ov = dict(ov or {})
-        if not isinstance(ov, dict):
+        if not isinstance(ov or {}, dict):
             raise UserError(f"{src}: per_method.{m}: must be a mapping")
+        ov = dict(ov or {})
         if "slurm" in ov:
             per_method_slurm[m] = _check_slurm(ov.pop("slurm"), f"per_method.{m}.slurm", src)
         per_method[m] = flatten(ov, "", src)
