@@ -5,8 +5,10 @@ only in objective and projector), checkpoints and resumes, stops on divergence, 
 writes result.json (contract in shared/DESIGN.md). Layout, top to bottom: setup, resume, epoch loop,
 evaluation, result.
 
-DDP-ready: rank/world_size come from ``_dist()`` only; only rank 0 writes files; each rank takes its
-contiguous shard of every global batch (``batch_size`` is the GLOBAL batch).
+Distributed (bsstudy/train/distributed.py): rank/world_size come from ``_dist()`` only; only rank 0 writes
+files and evaluates; each rank takes its contiguous shard of every global batch (``batch_size`` is the
+GLOBAL batch); the model is wrapped in DDP and objectives gather embeddings across ranks, so W ranks x B/W
+train like 1 rank x B (with ``distributed.sync_bn``, BatchNorm statistics are global too).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import config_hash, load_run_config
 from ..errors import UserError
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from . import distributed as ddp
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .optim import WarmupCosine, build_optimizer
 
@@ -40,7 +43,7 @@ TERMINAL = ("done", "diverged")   # a result.json with these is returned as is; 
 # ───────────────────────────── setup ─────────────────────────────
 @dataclass(frozen=True)
 class Dist:
-    """Where this process sits in a (future) DDP job; the single place rank/world are read."""
+    """Where this process sits in a DDP job; the single place rank/world are read."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -165,10 +168,18 @@ class _Run:
 
         backbone = build_backbone(cfg.model, int(cfg.dataset.channels), int(cfg.dataset.image_size))
         projector = build_projector(backbone.feature_dim, cfg.method.projector)
-        self.model = SSLModel(backbone, projector).to(self.device)
+        model = SSLModel(backbone, projector)
+        if self.dist.world_size > 1 and cfg.distributed.sync_bn:
+            model = ddp.convert_sync_batchnorm(model, self.device)
+        self.model = model.to(self.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        # self.model stays the plain module (state_dict, evaluation); self.forward is what trains.
+        forward: torch.nn.Module = self.model
+        if self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            forward = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.forward = torch.compile(forward) if cfg.compile else forward
         self.objective = build_objective(str(cfg.method.name), **OmegaConf.to_container(cfg.method.loss))
 
         self.lr = float(cfg.lr.effective)
@@ -185,7 +196,9 @@ class _Run:
 
     # ─────────────────────────── checkpoint / resume ───────────────────────────
     def state(self) -> dict[str, Any]:
-        return {
+        """Checkpoint state. Collective under DDP (every rank calls it): each rank's augmentation stream is kept."""
+        aug_per_rank = ddp.gather_objects(self.aug_gen.get_state())
+        return {"augment_per_rank": aug_per_rank, "world_size": self.dist.world_size,
             "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
             "objective": self.objective.state_dict(), "rng": rng_state({"augment": self.aug_gen}),
@@ -204,6 +217,11 @@ class _Run:
             self.scaler.load_state_dict(st["scaler"])
         self.objective.load_state_dict(st["objective"])
         set_rng_state(st["rng"], {"augment": self.aug_gen})
+        if st.get("world_size", 1) != self.dist.world_size:
+            raise UserError(f"{self.run_dir}/checkpoints: written with world size {st.get('world_size', 1)}, "
+                            f"resumed with {self.dist.world_size}; resume with the same world size")
+        if "augment_per_rank" in st:
+            self.aug_gen.set_state(st["augment_per_rank"][self.dist.rank])
         self.epoch = int(st["epoch"])
         self.train_seconds = float(st["train_seconds"])
         self.images_seen = int(st["images_seen"])
@@ -382,6 +400,7 @@ def run_cell(run_dir: Path | str) -> dict[str, Any]:
         if prev.get("status") in TERMINAL:
             return prev
     cfg = load_run_config(run_dir / "config.yaml")
+    created_group = ddp.init_from_env(cfg)
     dist = _dist()
     result = _base_result(cfg, run_dir)
     try:
@@ -390,6 +409,9 @@ def run_cell(run_dir: Path | str) -> dict[str, Any]:
         result.update(status="failed", error=_error_text(exc))
         _finish(run_dir, result, dist)
         raise
+    finally:
+        if created_group:
+            ddp.destroy()
 
 
 def _train(run_dir: Path, cfg: DictConfig, result: dict[str, Any], dist: Dist) -> dict[str, Any]:
@@ -415,8 +437,10 @@ def _train(run_dir: Path, cfg: DictConfig, result: dict[str, Any], dist: Dist) -
         m = run.train_epoch(epoch)
         diverged = m.pop("diverged")
         if not diverged and eval_every and epoch % eval_every == 0 and epoch < epochs:
-            ev = evaluate_model(run.model, cfg, run.device, run.amp_dtype)
-            m.update(linear_top1=ev["linear_top1"], knn_top1=ev["knn_top1"])
+            if dist.is_main:
+                ev = evaluate_model(run.model, cfg, run.device, run.amp_dtype)
+                m.update(linear_top1=ev["linear_top1"], knn_top1=ev["knn_top1"])
+            ddp.barrier()
         if dist.is_main:
             append_jsonl(metrics_path, m)
             _log(f"[{run_dir.name}] epoch {epoch}/{epochs} loss={m['loss']} lr={m['lr']:.4g} "
@@ -429,13 +453,22 @@ def _train(run_dir: Path, cfg: DictConfig, result: dict[str, Any], dist: Dist) -
             return _finish(run_dir, result, dist)
         run.epoch = epoch
         run.last_loss = m["loss"]
-        if dist.is_main and (epoch % every_ckpt == 0 or epoch == epochs):
-            save_checkpoint(ckpt_dir, run.state())
+        if epoch % every_ckpt == 0 or epoch == epochs:
+            st = run.state()  # collective under DDP
+            if dist.is_main:
+                save_checkpoint(ckpt_dir, st)
+            ddp.barrier()
 
+    if not dist.is_main:  # rank 0 evaluates and writes result.json; the others are done
+        ddp.barrier()
+        result.update(status="done", final_loss=run.last_loss)
+        return result
     ev = evaluate_model(run.model, cfg, run.device, run.amp_dtype)
     result.update(status="done", final_loss=run.last_loss, linear_top1=ev["linear_top1"],
                   knn_top1=ev["knn_top1"], collapse=ev["collapse"], collapse_backbone=ev["collapse_backbone"],
                   probe=ev["probe"], train_seconds=run.train_seconds,
                   images_per_second=run.images_seen / run.train_seconds if run.train_seconds else None)
     _log(f"[{run_dir.name}] done: linear_top1={ev['linear_top1']} knn_top1={ev['knn_top1']}")
-    return _finish(run_dir, result, dist)
+    out = _finish(run_dir, result, dist)
+    ddp.barrier()
+    return out
