@@ -127,3 +127,26 @@ def test_failure_and_preemption(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "error: RuntimeError: debug.fail_at_epoch" in out and "log:" in out
     assert out.strip().splitlines()[-1].startswith("counts: done 1, failed 1")
+
+
+def test_two_task_cell_runs_as_two_ranks(tmp_path, capsys):
+    """Issue 7: a cell with distributed.gpus_per_node=2 is one SLURM job with 2 tasks on one node; the tasks
+    join one gloo process group (2 ranks), rank 0 writes result.json, and the cell ends done."""
+    grid = {"method": ["vicreg_unbiased"], "batch_size": [32], "epochs": [2], "seed": [0]}
+    sweep = tiny_sweep(tmp_path, "ddp", grid)
+    res = tmp_path / "results"
+    assert main(["plan", str(sweep), "--results", str(res), "distributed.gpus_per_node=2"]) == 0
+    study = res / "ddp"
+    assert main(["submit", str(study), "--cluster", "slurm", "--wait"]) == 0
+    st = status_json(study, capsys)
+    assert st["counts"]["done"] == 1, st
+    cell = st["cells"][0]
+    job = cell["job_id"].split("_")[0]
+    time.sleep(2.0)  # accounting is asynchronous
+    p = subprocess.run(["sacct", "-n", "-P", "-o", "JobID,NTasks,State", "-j", job],
+                       capture_output=True, text=True, check=True)
+    assert re.search(r"^\S+\|2\|COMPLETED$", p.stdout, re.M), p.stdout  # the step ran 2 tasks
+    run = study / "runs" / cell["run_id"]
+    ck = __import__("torch").load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert ck["world_size"] == 2 and len(ck["augment_per_rank"]) == 2
+    assert json.loads((run / "result.json").read_text())["status"] == "done"
