@@ -29,8 +29,9 @@ def _one_line(exc: BaseException) -> str:
     import re
 
     text = str(exc).strip()
+    cause = str(exc.__cause__ or "")
     m = re.search(r"Could not override '([^']+)'", text)
-    if m and "not in struct" in text:
+    if m and "not in struct" in text + cause:
         return f"unknown key {m.group(1)!r}"
     msg = text.splitlines()
     return msg[0] if msg else type(exc).__name__
