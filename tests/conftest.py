@@ -9,6 +9,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 REQUIRE_ALL = os.environ.get("BSSTUDY_REQUIRE_ALL") == "1"
 
@@ -27,3 +28,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
               "the SLURM cluster (ci/slurm/up.sh; run via `make test`)")
     if item.get_closest_marker("browser"):
         _need(shutil.which("chromium") is not None, "headless Chromium (apt-get install chromium)")
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread while the test runs: reductions run in the same order as in a 1-thread subprocess."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

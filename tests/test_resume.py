@@ -22,15 +22,6 @@ TINY = ["batch_size=32", "epochs=3", "seed=3", "deterministic=true", "dataset.tr
         "eval.probe_weight_decays=[0.0,0.001]", "eval.probe_max_iter=50", "channels_last=false"]
 
 
-@pytest.fixture
-def one_thread():
-    # Same thread count in the test process and the subprocess: reductions then run in the same order.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _make(tmp: Path, name: str, extra: list[str] = ()) -> Path:
     return prepare_run_dir([*TINY, *extra, f"out={tmp / name}"])
 

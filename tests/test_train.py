@@ -22,12 +22,7 @@ CONTRACT = {"schema", "run_id", "study", "status", "method", "batch_size", "epoc
             "train_seconds", "images_per_second", "device", "git_commit", "versions", "config_hash", "finished_at"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _make(tmp: Path, name: str, extra: list[str] = ()) -> Path:
