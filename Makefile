@@ -30,10 +30,14 @@ data:
 sysdeps:
 	@bash ci/sysdeps.sh
 
+# The demo's network (sweeps/demo.yaml `base`), for the gradient-bias measurement.
+DEMO_NET := model.width=8 model.feature_dim=64 method.projector.hidden_dim=128 method.projector.out_dim=128
+
 demo: setup
 	$(BIN)/bsstudy plan sweeps/demo.yaml
 	$(BIN)/bsstudy submit results/demo --cluster local
 	$(BIN)/bsstudy status results/demo
+	$(BIN)/bsstudy bias --out results/demo/bias --quiet $(DEMO_NET)
 	$(BIN)/bsstudy report results/demo --out reports/demo
 
 test: setup sysdeps
@@ -46,3 +50,6 @@ slurm-up:
 	bash ci/slurm/up.sh
 slurm-down:
 	bash ci/slurm/down.sh
+
+clean-demo:
+	rm -rf results/demo reports/demo

@@ -27,8 +27,8 @@ ALL_SCHEMES = ("jackknife", "jackknife_ema_gate", "ema", "c4", "plugin")
 # Default: the default scheme and the published one, so the default run fits in minutes on a CPU;
 # `--schemes all` measures every scheme (each adds a cell per batch size).
 DEFAULT_SCHEMES = ("jackknife", "plugin")
-DEFAULT_POOL = 2048
-DEFAULT_REPEATS = 128
+DEFAULT_POOL = 1024
+DEFAULT_REPEATS = 64
 DEFAULT_GROUPS = 8
 
 # Leading columns of bias.csv (contract with bsstudy.report, which reads results/<study>/bias/bias.csv).

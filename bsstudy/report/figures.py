@@ -90,6 +90,8 @@ def fig_accuracy(summary: pd.DataFrame, metric: str = "linear_top1", references:
             c, mk = REF_STYLE[i % len(REF_STYLE)]
             ax.plot(ref.batch_sizes, ref.top1, marker=mk, linestyle="--", color=c, label=ref.label)
         _log2_axis(ax, [b for r in REFERENCES for b in r.batch_sizes])
+        lo, hi = min(min(r.top1) for r in REFERENCES), max(max(r.top1) for r in REFERENCES)
+        ax.set_ylim(lo - 0.5 * (hi - lo), hi + 0.05 * (hi - lo))  # room for the legend below every point
         ax.set_title("published (ImageNet, 100 ep): other scale")
         ax.set_xlabel("batch size")
         ax.set_ylabel("linear top-1 (%)")
