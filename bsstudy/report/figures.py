@@ -211,27 +211,31 @@ def bias_dropped(bias: pd.DataFrame) -> int:
 
 
 def fig_bias(bias: pd.DataFrame) -> tuple[Figure, int]:
-    """Relative gradient bias vs batch size (log-log), one line with CI band per objective/scheme.
-    Returns (figure, number of non-positive values left off the log axis)."""
+    """Relative gradient bias vs batch size (log-log), one series per objective/scheme: estimates whose CI
+    excludes 0 as filled markers with a CI band; estimates consistent with 0 as open triangles at the CI's
+    upper end (an upper bound). Returns (figure, number of points with neither a value nor a bound)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     val, lo, hi = bias_columns(bias)
     labels = bias_label(bias)
     dropped = 0
     for i, lab in enumerate(sorted(labels.unique())):
+        c = PALETTE[i % len(PALETTE)]
         g = bias[labels == lab].sort_values("batch_size")
         y = pd.to_numeric(g[val], errors="coerce").to_numpy(dtype=float)
         x = g["batch_size"].to_numpy(dtype=float)
-        ok = np.isfinite(y) & (y > 0)
-        dropped += int((~ok).sum())
-        ax.plot(x[ok], y[ok], marker="o", color=PALETTE[i % len(PALETTE)], label=lab)
-        if lo and hi:
-            yl = pd.to_numeric(g[lo], errors="coerce").to_numpy(dtype=float)
-            yh = pd.to_numeric(g[hi], errors="coerce").to_numpy(dtype=float)
-            band = ok & np.isfinite(yl) & np.isfinite(yh)
-            if band.any():
-                floor = np.nanmin(y[ok]) / 10 if ok.any() else 1e-12
-                ax.fill_between(x[band], np.maximum(yl[band], floor), yh[band], color=PALETTE[i % len(PALETTE)],
-                                alpha=0.15, linewidth=0)
+        yl = pd.to_numeric(g[lo], errors="coerce").to_numpy(dtype=float) if lo else np.full_like(y, np.nan)
+        yh = pd.to_numeric(g[hi], errors="coerce").to_numpy(dtype=float) if hi else np.full_like(y, np.nan)
+        resolved = np.isfinite(y) & (y > 0) & ~(np.isfinite(yl) & (yl <= 0))
+        bound = ~resolved & np.isfinite(yh) & (yh > 0)
+        dropped += int((~resolved & ~bound).sum())
+        if resolved.any():
+            ax.plot(x[resolved], y[resolved], marker="o", color=c, label=lab)
+        band = resolved & np.isfinite(yl) & np.isfinite(yh)
+        if band.any():
+            ax.fill_between(x[band], yl[band], yh[band], color=c, alpha=0.15, linewidth=0)
+        if bound.any():
+            ax.plot(x[bound], yh[bound], linestyle="none", marker="v", markerfacecolor="none", color=c,
+                    label=f"{lab} (CI covers 0: upper bound)")
     ax.set_yscale("log")
     _log2_axis(ax, bias["batch_size"])
     ax.set_xlabel("batch size")
