@@ -37,13 +37,13 @@ def init_from_env(cfg: Any) -> bool:
     world size must equal ``distributed.nodes * distributed.gpus_per_node`` of the config."""
     if not tdist.is_available() or tdist.is_initialized():
         return False
-    world = _env_world_size()
     want = int(cfg.distributed.nodes) * int(cfg.distributed.gpus_per_node)
-    if world <= 1:
-        if want > 1:
-            raise UserError(f"distributed: config asks for {want} ranks but this process runs alone "
-                            "(start it with torchrun or through `bsstudy submit`)")
+    if want == 1:  # a single-rank config ignores the environment (e.g. a multi-task salloc around it)
         return False
+    world = _env_world_size()
+    if world <= 1:
+        raise UserError(f"distributed: config asks for {want} ranks but this process runs alone "
+                        "(start it with torchrun or through `bsstudy submit`)")
     if world != want:
         raise UserError(f"distributed: {world} ranks started but the config asks for {want} "
                         "(distributed.nodes * distributed.gpus_per_node)")
