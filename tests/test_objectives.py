@@ -62,34 +62,25 @@ def ref_vicreg(z1, z2, lam=25.0, mu=25.0, nu=1.0, gamma=1.0, eps=1e-4, half=True
     return {"loss": lam * inv + mu * var + nu * cov, "invariance": inv, "variance": var, "covariance": cov}
 
 
+def _mean_over_4tuples(n: int, kernel) -> float:
+    """Average of ``kernel(p, q, r, s)`` over all ordered 4-tuples of distinct indices (a U-statistic)."""
+    vals = [kernel(p, q, r, s) for p in range(n) for q in range(n) for r in range(n) for s in range(n)
+            if len({p, q, r, s}) == 4]
+    return sum(vals) / len(vals)
+
+
 def ref_u_fro(z: list[list[float]]) -> float:
     """U-statistic of ||Sigma||_F^2 by its kernel 1/4 ((z1-z2)^T (z3-z4))^2 over ordered distinct 4-tuples."""
-    n, d = len(z), len(z[0])
-    tot, cnt = 0.0, 0
-    for p in range(n):
-        for q in range(n):
-            for r in range(n):
-                for s in range(n):
-                    if len({p, q, r, s}) < 4:
-                        continue
-                    dot = sum((z[p][i] - z[q][i]) * (z[r][i] - z[s][i]) for i in range(d))
-                    tot += 0.25 * dot * dot
-                    cnt += 1
-    return tot / cnt
+    d = len(z[0])
+    return _mean_over_4tuples(len(z), lambda p, q, r, s: 0.25 * sum(
+        (z[p][i] - z[q][i]) * (z[r][i] - z[s][i]) for i in range(d)) ** 2)
 
 
 def ref_u_diag(z: list[list[float]]) -> float:
-    n, d = len(z), len(z[0])
-    tot, cnt = 0.0, 0
-    for p in range(n):
-        for q in range(n):
-            for r in range(n):
-                for s in range(n):
-                    if len({p, q, r, s}) < 4:
-                        continue
-                    tot += sum(0.25 * ((z[p][i] - z[q][i]) * (z[r][i] - z[s][i])) ** 2 for i in range(d))
-                    cnt += 1
-    return tot / cnt
+    """U-statistic of sum_i Sigma_ii^2 by the per-coordinate kernel."""
+    d = len(z[0])
+    return _mean_over_4tuples(len(z), lambda p, q, r, s: sum(
+        0.25 * ((z[p][i] - z[q][i]) * (z[r][i] - z[s][i])) ** 2 for i in range(d)))
 
 
 def ref_jackknife_sd(col: list[float], eps: float) -> float:
