@@ -9,10 +9,7 @@ Outputs in --out: bias.csv (one row per objective × scheme × B), bias.json, bi
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import UserError
+from .provenance import git_state, versions
 
 DEFAULT_BATCH_SIZES = (8, 32, 128, 512)
 DEFAULT_OBJECTIVES = ("vicreg", "vicreg_unbiased", "simclr")
@@ -198,7 +196,7 @@ def run(s: Settings, progress: bool = True) -> "Any":
                     "embedding_dim": int(pool.z1.shape[1]), "batchnorm": "eval mode; running statistics " + ("of the checkpoint" if ckpt else "calibrated on the pool")},
         "objectives": notes,
         "seconds": {"setup": t_pool, "total": wall},
-        "versions": _versions(),
+        "versions": {**versions(), "git_commit": git_state()[0]},
     })
     figure.plot(df, out, title=f"{cfg.dataset.name}, {cfg.model.name}, pool {s.pool}, R={s.repeats} "
                 f"({s.groups} groups), {'checkpoint' if ckpt else 'random init'}")
@@ -209,21 +207,6 @@ def _plain(x: Any) -> Any:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(x, resolve=True)
-
-
-def _versions() -> dict:
-    import numpy
-    import torch
-
-    from . import __version__
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"bsstudy": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "git_commit": commit}
 
 
 def _finite(x: Any) -> Any:

@@ -5,7 +5,6 @@ import datetime as _dt
 import math
 import os
 import platform
-import subprocess
 from importlib import metadata
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 from .. import __version__
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_text
+from ..provenance import git_state
 from . import figures as F
 from .load import Study, load_study, read_config
 from .references import REFERENCES
@@ -34,19 +34,6 @@ def parse_formats(text: str) -> tuple[str, ...]:
     if bad or not fmts:
         raise UserError(f"--format: unknown format {', '.join(bad) or repr(text)} (choose from {','.join(FORMATS)})")
     return fmts
-
-
-def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the source tree bsstudy is imported from; (None, None) outside a git checkout."""
-    src = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
-        return commit, dirty
-    except (OSError, subprocess.SubprocessError):
-        return None, None
 
 
 def provenance(study: Study) -> dict:

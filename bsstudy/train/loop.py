@@ -15,9 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import platform
 import random
-import subprocess
 import sys
 import time
 import traceback
@@ -31,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import config_hash, load_run_config
 from ..errors import UserError
+from ..provenance import git_state, versions
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -99,27 +98,6 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The sample order of ``epoch``: a pure function of (seed, epoch), so resume needs no sampler state."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except Exception:
-        return None
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from .. import __version__
-    try:  # metadata, not `import torchvision` (its import costs seconds)
-        tv = version("torchvision")
-    except PackageNotFoundError:
-        tv = None
-    return {"bsstudy": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": tv, "numpy": np.__version__}
 
 
 def _device_name(device: torch.device) -> str:
@@ -357,7 +335,7 @@ def _base_result(cfg: DictConfig | None, run_dir: Path) -> dict[str, Any]:
         "dataset": c.get("dataset", {}).get("name"), "backbone": c.get("model", {}).get("name"),
         "linear_top1": None, "knn_top1": None, "final_loss": None, "diverged_at_epoch": None,
         "collapse": None, "collapse_backbone": None, "train_seconds": None, "images_per_second": None,
-        "device": None, "git_commit": _git_commit(), "versions": _versions(),
+        "device": None, "git_commit": git_state()[0], "versions": versions(),
         "config_hash": config_hash(cfg) if cfg is not None else None, "finished_at": None,
     }
 
