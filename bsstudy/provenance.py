@@ -26,9 +26,14 @@ def git_state() -> tuple[str | None, bool | None]:
 
 
 def versions() -> dict[str, str | None]:
-    """bsstudy, python, torch, torchvision, numpy versions (from package metadata: no slow imports)."""
-    out: dict[str, str | None] = {"bsstudy": __version__, "python": platform.python_version()}
-    for p in ("torch", "torchvision", "numpy"):
+    """bsstudy, python, torch (with its build tag, e.g. +cu130), torchvision, numpy versions.
+
+    torchvision and numpy come from package metadata: importing torchvision costs seconds."""
+    import torch
+
+    out: dict[str, str | None] = {"bsstudy": __version__, "python": platform.python_version(),
+                                  "torch": torch.__version__}
+    for p in ("torchvision", "numpy"):
         try:
             out[p] = version(p)
         except PackageNotFoundError:
