@@ -209,22 +209,11 @@ def _plain(x: Any) -> Any:
     return OmegaConf.to_container(x, resolve=True)
 
 
-def _finite(x: Any) -> Any:
-    """JSON has no NaN: NaN/inf → None (recursively)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
 def write_outputs(rows: list[dict], out: Path, meta: dict) -> "Any":
     """Write bias.csv and bias.json (atomically); return the CSV table."""
     import pandas as pd
 
-    from .io import atomic_write_json, atomic_write_text
+    from .io import atomic_write_json, atomic_write_text, json_finite
 
     flat = [{k: v for k, v in r.items() if k != "terms_bias"} for r in rows]
     df = pd.DataFrame(flat)
@@ -236,7 +225,7 @@ def write_outputs(rows: list[dict], out: Path, meta: dict) -> "Any":
     meta = dict(meta, schema=1, csv_columns=cols,
                 terms_bias=[{"label": r["label"], "batch_size": r["batch_size"], "terms": r["terms_bias"]}
                             for r in rows])
-    atomic_write_json(out / "bias.json", _finite(meta))
+    atomic_write_json(out / "bias.json", json_finite(meta))
     return df
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +25,17 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def json_finite(x: Any) -> Any:
+    """JSON has no NaN: NaN/inf → None (recursively)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_finite(v) for v in x]
+    return x
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

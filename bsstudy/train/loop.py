@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import config_hash, load_run_config
 from ..errors import UserError
 from ..provenance import git_state, versions
-from ..io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from ..io import append_jsonl, atomic_write_json, atomic_write_text, json_finite, read_jsonl
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .optim import WarmupCosine, build_optimizer
@@ -104,10 +104,6 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"cpu:{torch.get_num_threads()}threads"
-
-
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
 
 
 def _log(msg: str) -> None:
@@ -258,12 +254,12 @@ class _Run:
             bar.close()
         loss = float(loss_sum) / steps
         m: dict[str, Any] = {
-            "epoch": epoch, "step": self.schedule.step_count, "loss": _finite(loss),
+            "epoch": epoch, "step": self.schedule.step_count, "loss": json_finite(loss),
             "lr": lr_sum / steps, "seconds": seconds,
             "images_per_second": steps * self.batch_size / seconds if seconds > 0 else None,
         }
         for k, v in term_sums.items():
-            m[k] = _finite(float(v) / steps)
+            m[k] = json_finite(float(v) / steps)
         m["diverged"] = not math.isfinite(loss)
         if not m["diverged"] and z1 is not None:
             from ..evaluate import collapse_diagnostics
