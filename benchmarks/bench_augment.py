@@ -7,11 +7,13 @@ jitter with probability, grayscale, blur, solarize, normalise): ours with ``TwoV
 batches, the baseline with torchvision's PIL transforms per image in ``num_workers`` worker processes.
 Cases: 32x32 RGB (synthetic CIFAR-like uint8, cifar10 augment config) and 28x28 gray (Fashion-MNIST test
 images from the Debian files when present, else synthetic). Prints images/s and the ratio ours/baseline
-(target >= 10x on CPU). The baseline is timed on its second epoch (persistent workers already started).
+(target >= 10x on CPU). The baseline's workers are started by an untimed epoch 0; then rounds alternate
+ours / baseline and the medians and the median of the per-round ratios are printed.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bsstudy.config import compose  # noqa: E402
 from bsstudy.data.augment import TwoViewAugment, ViewConfig, blur_kernel_size  # noqa: E402
+from bsstudy.runtime import tune_malloc  # noqa: E402
 
 
 def pil_view(cfg: ViewConfig, size: int, channels: int, mean, std) -> T.Compose:
@@ -58,24 +61,30 @@ class PILTwoViews(Dataset):
         return self.t1(img), self.t2(img)
 
 
-def bench_ours(aug: TwoViewAugment, x: torch.Tensor, batch: int, device: torch.device) -> float:
+def bench_ours(aug: TwoViewAugment, x: torch.Tensor, batch: int, device: torch.device,
+               min_seconds: float = 1.0) -> float:
+    """Images/s of our two-view augmentation: whole passes over ``x`` until ``min_seconds`` have elapsed."""
     g = torch.Generator().manual_seed(0)
     x = x.to(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     aug(x[:batch], g)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    for i in range(0, len(x), batch):
-        v1, v2 = aug(x[i:i + batch], g)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return len(x) / (time.perf_counter() - t)
+    sync()
+    n, t = 0, time.perf_counter()
+    while True:
+        for i in range(0, len(x), batch):
+            aug(x[i:i + batch], g)
+        n += len(x)
+        sync()
+        if time.perf_counter() - t >= min_seconds:
+            return n / (time.perf_counter() - t)
 
 
-def bench_pil(ds: PILTwoViews, batch: int, workers: int) -> float:
-    dl = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
-    for _ in dl:  # epoch 1: worker start-up, not timed
-        pass
+def bench_pil(dl: DataLoader) -> float:
+    """Images/s of one epoch of the PIL DataLoader (persistent workers: started by the caller's warm-up)."""
     t = time.perf_counter()
     n = 0
     for v1, _ in dl:
@@ -89,14 +98,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per case (median reported)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for our pipeline (default: torch's; use 1 on an oversubscribed machine)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # As `bsstudy train` does; set before the DataLoader forks, so the baseline's workers run with it too.
+    tuned = tune_malloc()
     device = torch.device(args.device)
     print(f"torch threads={torch.get_num_threads()}  baseline DataLoader workers={args.workers}  "
-          f"images={args.images}  batch={args.batch}  device={device}")
+          f"images={args.images}  batch={args.batch}  device={device}  malloc tuned={tuned}")
     rng = np.random.default_rng(0)
     cases = []
     cifar = rng.integers(0, 256, size=(args.images, 3, 32, 32), dtype=np.uint8)
@@ -112,14 +124,26 @@ def main() -> None:
         label = "28x28 gray (synthetic)"
     cases.append((label, "fashion_mnist", fm))
 
-    print(f"{'case':42s} {'ours img/s':>12s} {'PIL img/s':>12s} {'ratio':>8s}")
+    print(f"{'case':42s} {'ours img/s':>12s} {'PIL img/s':>12s} {'ratio':>8s}   (median of {args.rounds} "
+          f"interleaved rounds; ratio range)")
     for label, dataset, images in cases:
         cfg = compose([f"dataset={dataset}"]).dataset
         aug = TwoViewAugment(cfg, device)
         t1, t2 = (pil_view(v, cfg.image_size, cfg.channels, list(cfg.mean), list(cfg.std)) for v in aug.views)
-        ours = bench_ours(aug, torch.from_numpy(images), args.batch, device)
-        pil = bench_pil(PILTwoViews(images, t1, t2), args.batch, args.workers)
-        print(f"{label:42s} {ours:12.0f} {pil:12.0f} {ours / pil:7.1f}x")
+        dl = DataLoader(PILTwoViews(images, t1, t2), batch_size=args.batch, shuffle=True,
+                        num_workers=args.workers, persistent_workers=args.workers > 0)
+        for _ in dl:  # epoch 0: worker start-up, not timed
+            pass
+        x = torch.from_numpy(images)
+        # Rounds alternate ours / baseline so that drift in the machine's speed hits both alike.
+        ours, pil = [], []
+        for _ in range(args.rounds):
+            ours.append(bench_ours(aug, x, args.batch, device))
+            pil.append(bench_pil(dl))
+        ratios = sorted(o / p for o, p in zip(ours, pil))
+        print(f"{label:42s} {statistics.median(ours):12.0f} {statistics.median(pil):12.0f} "
+              f"{statistics.median(ratios):7.1f}x   [{ratios[0]:.1f}, {ratios[-1]:.1f}]")
+        del dl
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from bsstudy.config import cell_config
 from bsstudy.data.augment import TwoViewAugment
 from bsstudy.models import SSLModel, build_backbone, build_projector
 from bsstudy.objectives import build_objective
+from bsstudy.runtime import tune_malloc
 from bsstudy.train.optim import build_optimizer
 
 MODELS = {"small_cnn": "model=small_cnn", "resnet18_cifar": "model=resnet18_cifar"}
@@ -71,6 +72,7 @@ def main() -> None:
     ap.add_argument("--no-channels-last", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    tune_malloc()  # as bsstudy train does
     plan = {b: args.batches for b in args.backbones}
     if args.quick:
         plan = {"small_cnn": [16, 64, 256, 1024], "resnet18_cifar": [16, 64]}

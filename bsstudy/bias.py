@@ -171,8 +171,10 @@ def run(s: Settings, progress: bool = True) -> "Any":
     import torch
 
     from .biaslib import figure, network
+    from .runtime import tune_malloc
 
     check(s)
+    tune_malloc()
     t0 = time.perf_counter()
     device = network.pick_device(s.device)
     cfg, ckpt = network.run_config(s.overrides, s.checkpoint)

@@ -84,6 +84,20 @@ def test_views_differ_per_sample_and_between_views():
     assert (v1 - v2).flatten(1).norm(dim=1).min() > 1e-3
 
 
+@pytest.mark.parametrize("dataset", ["cifar10", "fashion_mnist"])
+def test_two_views_in_one_batch_equal_each_view_alone(dataset):
+    """TwoViewAugment runs both views as one 2B batch; each half must be that view's own apply_view."""
+    cfg = _cfg(dataset)
+    aug = A.TwoViewAugment(cfg, "cpu")
+    c, s = int(cfg.channels), int(cfg.image_size)
+    x = (torch.rand(64, c, s, s, generator=_gen(20)) * 255).to(torch.uint8)
+    v1, v2 = aug(x, _gen(21))
+    p1, p2 = aug.sample(64, s, s, _gen(21))
+    for v, p, vc in ((v1, p1, aug.views[0]), (v2, p2, aug.views[1])):
+        ref = A.apply_view(x.float() / 255, p, (s, s), A.blur_kernel_size(vc.blur_sigma[1], s, s))
+        torch.testing.assert_close(v, (ref - aug.mean) / aug.std, atol=1e-5, rtol=0)
+
+
 def test_determinism_given_seed():
     cfg = _cfg("fashion_mnist")
     aug = A.TwoViewAugment(cfg, "cpu")
@@ -136,6 +150,22 @@ def test_hue_matches_torchvision():
     shift = torch.linspace(-0.5, 0.5, 9)
     ours = A.adjust_hue(x, shift)
     for i in range(9):
+        torch.testing.assert_close(ours[i], TF.adjust_hue(x[i], float(shift[i])), atol=ATOL, rtol=0)
+
+
+def test_hue_matches_torchvision_on_ties():
+    # uint8-valued pixels with the max shared by two or three channels (sector boundaries, gray and white
+    # pixels): the sector masks and the max == min guard must give torchvision's values there
+    g = torch.Generator().manual_seed(13)
+    x = torch.randint(0, 256, (12, 3, 8, 8), generator=g).float() / 255
+    x[0:3, 1] = x[0:3, 0]          # r == g
+    x[3:6, 2] = x[3:6, 1]          # g == b
+    x[6:9, 2] = x[6:9, 0]          # r == b
+    x[9:12, 1:] = x[9:12, :1]      # r == g == b (gray)
+    x[::3, :, 0, 0] = 1.0          # saturated white pixel
+    shift = torch.linspace(-0.5, 0.5, 12)
+    ours = A.adjust_hue(x, shift)
+    for i in range(12):
         torch.testing.assert_close(ours[i], TF.adjust_hue(x[i], float(shift[i])), atol=ATOL, rtol=0)
 
 
