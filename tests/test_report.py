@@ -256,3 +256,33 @@ def test_variants_get_their_own_label_and_reading_says_when_a_method_does_badly(
     text = reading(summary, headline(relative_drop(summary)), st.runs, 0)
     assert "simclr does badly here" in text and "vicreg does badly" not in text
     assert "vicreg_unbiased[c4,identity]'s largest drop is" in text
+
+
+def test_untrained_baseline_table_and_reading(tmp_path):
+    """eval.at_init results: one value per seed (not per run) in the baseline, hand-computed t-CI; the
+    reading names the method that does not beat the untrained network."""
+    from bsstudy.report.build import build_report, reading
+    from bsstudy.report.tables import init_baseline
+
+    def acc(method, b, e, seed):
+        return (0.80 if method == "simclr" else 0.90) + 0.002 * seed, 0.8
+
+    init = {0: (0.79, 0.75), 1: (0.81, 0.77), 2: (0.80, 0.76)}
+    root = tmp_path / "results" / "init"
+    write_study(root, ("simclr", "vicreg"), (64, 256), (1,), (0, 1, 2), accuracy=acc,
+                init_accuracy=lambda seed: init[seed])
+    st = load_study(root)
+    base = init_baseline(st.runs)
+    lin = base[base.metric == "linear"].iloc[0]
+    mean, _, _, ci = _hand([0.79, 0.81, 0.80])      # three seeds, though 12 runs carry the values
+    assert lin["n_seeds"] == 3 and lin["mean"] == pytest.approx(mean) and lin["ci95"] == pytest.approx(ci)
+    summary = summarize(st.runs)
+    text = reading(summary, headline(relative_drop(summary)), st.runs, 0, base)
+    assert "untrained network (random init, same probe) reaches 80.0% ± 2.5" in text
+    assert "simclr is not distinguishable from the untrained network" in text
+    out = build_report(root, tmp_path / "rep", formats=("md",), log=lambda *_: None)
+    md = (out / "report.md").read_text()
+    assert "Baseline: the untrained network" in md and (out / "init_baseline.csv").exists()
+    # without at_init results there is no baseline section
+    write_study(tmp_path / "results" / "plain", ("vicreg",), (64,), (1,), (0, 1))
+    assert init_baseline(load_study(tmp_path / "results" / "plain").runs).empty

@@ -104,3 +104,23 @@ def test_cli_help_lists_groups_and_keys(capsys):
     out = capsys.readouterr().out
     assert "method={simclr,vicreg,vicreg_unbiased}" in out and "optim={adamw,lars,sgd}" in out
     assert "batch_size" in out and "debug.*" in out
+
+
+def test_eval_at_init_probes_the_untrained_network_once(tmp_path):
+    """eval.at_init: the random-init probe is in init_eval.json and result.json, equal to probing the
+    network the run starts from, and training itself is unchanged by it."""
+    from bsstudy.train.loop import _Run, evaluate_model
+
+    d = _make(tmp_path, "init", ["eval.at_init=true", "epochs=1"])
+    res = run_cell(d)
+    init = json.loads((d / "init_eval.json").read_text())
+    assert res["init_linear_top1"] == init["linear_top1"] and res["init_knn_top1"] == init["knn_top1"]
+    assert 0.0 <= init["linear_top1"] <= 1.0
+    # the same probe on a freshly built network of the same config gives the same number
+    cfg = load_run_config(d / "config.yaml")
+    fresh = _Run(d, cfg)
+    assert evaluate_model(fresh.model, cfg, fresh.device)["linear_top1"] == pytest.approx(init["linear_top1"])
+    # training is the same with and without the extra evaluation
+    plain = run_cell(_make(tmp_path, "plain", ["epochs=1"]))
+    assert plain["final_loss"] == res["final_loss"] and plain["init_linear_top1"] is None
+    assert not (tmp_path / "plain" / "init_eval.json").exists()

@@ -19,7 +19,8 @@ from . import figures as F
 from .load import Study, load_study, read_config
 from .references import REFERENCES
 from .render import H, Img, P, Pre, Table, Ul, to_html, to_md
-from .tables import ACCURACY, headline, paper_table, relative_drop, summarize, to_csv, to_latex, to_markdown
+from .tables import (ACCURACY, headline, init_baseline, paper_table, relative_drop, summarize, to_csv, to_latex,
+                     to_markdown)
 
 FORMATS = ("md", "html", "tex")
 MAX_CURVE_CELLS = 36  # training-curve figure: cells drawn at most (the report says when more exist)
@@ -123,7 +124,31 @@ def _setup(study: Study) -> list[str]:
     return lines
 
 
-def reading(summary: pd.DataFrame, head: pd.DataFrame, runs: pd.DataFrame, n_missing: int) -> str:
+def _init_sentences(o: pd.DataFrame, s: pd.DataFrame, col: str, metric: str, base: pd.DataFrame) -> list[str]:
+    """Compare each method's best cell with the untrained network under the same probe (eval.at_init)."""
+    b = base[base["metric"] == metric]
+    if b.empty:
+        return []
+    mean, ci = float(b["mean"].mean()), float(b["ci95"].max())
+    parts = [f"The untrained network (random init, same probe) reaches {100 * mean:.1f}%"
+             + (f" ± {100 * ci:.1f}" if np.isfinite(ci) else "") + "."]
+    weak = []
+    for _, r in o.iterrows():
+        cells = s[s["method_label"] == r["method"]].set_index("batch_size")[f"{col}_ci95"]
+        cell_ci = float(cells.get(r["best_batch_size"], np.nan))
+        tol = 100 * math.hypot(*(x for x in (ci, cell_ci) if np.isfinite(x)))  # hypot() of nothing is 0
+        if r["best_top1_pct"] - 100 * mean <= tol:
+            weak.append(r["method"])
+    top = o["best_top1_pct"].max()
+    parts.append(f"The best cell is {top - 100 * mean:+.1f} points from it.")
+    if weak:
+        parts.append(f"{', '.join(weak)} {'is' if len(weak) == 1 else 'are'} not distinguishable from the untrained "
+                     "network even at the best batch size: at this scale the pretraining has not paid off.")
+    return parts
+
+
+def reading(summary: pd.DataFrame, head: pd.DataFrame, runs: pd.DataFrame, n_missing: int,
+            base: pd.DataFrame | None = None) -> str:
     """One honest paragraph computed from the numbers (largest epoch budget, linear probe if available)."""
     ours = head[head["source"] == "ours"]
     metric = "linear" if (ours["metric"] == "linear").any() else "kNN"
@@ -174,6 +199,8 @@ def reading(summary: pd.DataFrame, head: pd.DataFrame, runs: pd.DataFrame, n_mis
                 else:
                     verdict = "smaller: less batch-size dependence" if du < dv else "larger: more batch-size dependence"
                 parts.append(f"{m}'s largest drop is {_pct(du)} against VICReg's {_pct(dv)}, {verdict}.")
+        if base is not None:
+            parts += _init_sentences(o, s, col, metric, base)
         nmin = int(s[f"{col}_n"].min()) if len(s) else 0
         if nmin < 3:
             parts.append(f"Some cells have only {nmin} finished seed(s), so their CIs are wide or undefined.")
@@ -260,6 +287,9 @@ def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, he
                      figs: list, rendering: "F.Rendering", max_curve_cells: int, log) -> Path:
     """report.md, report.html and provenance.json (waits for the figures before embedding them)."""
     runs = study.runs
+    base = init_baseline(runs)
+    if len(base):
+        atomic_write_text(out / "init_baseline.csv", to_csv(base))
     figcount = rendering.count
     shown, total = F.fig_curves_counts(runs, study.curves, max_curve_cells)
     figs.append(("training_curves", f"training loss vs epoch, one line per cell (mean over finished seeds); "
@@ -280,13 +310,21 @@ def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, he
                  P(f"Sweep hash (sha256 of plan.csv): `{study.plan_hash}`; bsstudy {__version__}, commit `{commit}`"
                    + (" (with uncommitted changes)" if prov["git_dirty"] else "") + "."),
                  H(2, "Headline: relative drop from the best batch size"), Table(head),
-                 H(2, "Reading"), P(reading(summary, head, runs, len(study.missing))),
+                 H(2, "Reading"), P(reading(summary, head, runs, len(study.missing), base)),
                  H(2, "Tables")]
     doc.append(P("Cells: mean ± 95% Student-t CI half-width over seeds, in percent; only runs with status done are "
                  "averaged (a cell with no finished run shows why). CSV, Markdown and LaTeX (booktabs) copies are in "
                  "`tables/`; every run is in `runs.csv`, per-cell statistics (also collapse metrics) in `summary.csv`."))
     for stem, (t, cap) in paper.items():
         doc += [H(3, cap), Table(t)]
+    if len(base):
+        btab = base.assign(top1=[f"{100 * m:.1f}" + (f" ± {100 * c:.1f}" if np.isfinite(c) else " (n=1)")
+                                  for m, c in zip(base["mean"], base["ci95"])])[["backbone", "metric", "top1", "n_seeds"]]
+        doc += [H(3, "Baseline: the untrained network"),
+                P("The same probe on the network each run starts from (`eval.at_init`), before any pretraining: "
+                  "the level a method has to beat for its representation to be worth anything. It depends on "
+                  "the seed and the model only, so each seed counts once; top-1 (%), mean ± 95% CI."),
+                Table(btab)]
     doc.append(H(3, "Published references (another dataset and scale)"))
     ref_rows = []
     for r in REFERENCES:

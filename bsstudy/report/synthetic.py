@@ -74,11 +74,13 @@ def write_study(root: Path | str, methods: Iterable[str] = ("simclr", "vicreg", 
                 seeds: Iterable[int] = (0, 1, 2), *, study: str | None = None,
                 diverged: Iterable[Cell] = (), failed: Iterable[Cell] = (), missing: Iterable[Cell] = (),
                 accuracy: Callable[[str, int, int, int], tuple[float, float]] = default_accuracy,
-                metrics_epochs: int | None = None) -> SyntheticStudy:
+                metrics_epochs: int | None = None,
+                init_accuracy: Callable[[int], tuple[float, float]] | None = None) -> SyntheticStudy:
     """Write ``root`` = results/<study>/ with one run per (method, B, E, seed) cell.
 
     ``diverged``/``failed`` cells get that status (no accuracies); ``missing`` cells are planned but have
     no result.json. ``metrics_epochs`` caps the lines of metrics.jsonl (default: the run's epochs).
+    ``init_accuracy(seed) -> (linear, knn)`` adds the untrained network's probe (``eval.at_init``).
     """
     root = Path(root)
     study = study or root.name
@@ -134,6 +136,8 @@ def write_study(root: Path | str, methods: Iterable[str] = ("simclr", "vicreg", 
                         "git_commit": "0" * 40, "versions": {"torch": "2.14.1", "bsstudy": "0.1.0"},
                         "config_hash": h, "finished_at": "2026-01-01T00:00:00Z",
                     }
+                    if init_accuracy is not None:
+                        res["init_linear_top1"], res["init_knn_top1"] = init_accuracy(s)
                     if status == "failed":
                         # as bsstudy.train writes it: first line, then the traceback's tail
                         res["error"] = (f"RuntimeError: injected failure at epoch {n_ep}\nTraceback (most recent "

@@ -15,6 +15,7 @@ ACCURACY = {"linear_top1": "linear", "knn_top1": "kNN"}
 SUMMARY_METRICS = ("linear_top1", "knn_top1", "collapse.effective_rank", "collapse.avg_abs_corr",
                    "collapse.min_std", "collapse.mean_std")
 KEYS = ["method_label", "batch_size", "epochs"]
+INIT_METRICS = {"init_linear_top1": "linear", "init_knn_top1": "kNN"}  # result.json with eval.at_init
 FLOAT_FORMAT = "%.6g"
 
 
@@ -50,6 +51,31 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     out["batch_size"] = out["batch_size"].astype(int)
     out["epochs"] = out["epochs"].astype(int)
     return out.sort_values(KEYS).reset_index(drop=True)
+
+
+def init_baseline(runs: pd.DataFrame) -> pd.DataFrame:
+    """The untrained network's probe (``eval.at_init``) per backbone: mean and 95% t-CI over seeds.
+
+    The initial weights depend on the seed and the model, not on the method or batch size, so each
+    (backbone, seed) counts once (the mean of its runs, which agree). Empty when no run probed at init."""
+    cols = [c for c in INIT_METRICS if c in runs.columns]
+    out_cols = ["backbone", "metric", "mean", "ci95", "n_seeds"]
+    if not cols:
+        return pd.DataFrame(columns=out_cols)
+    vals = runs[["backbone", "seed", *cols]].copy()
+    vals[cols] = vals[cols].apply(pd.to_numeric, errors="coerce")
+    per_seed = vals.groupby(["backbone", "seed"], sort=True)[cols].mean()
+    rows = []
+    for backbone, g in per_seed.groupby(level=0, sort=True):
+        for c in cols:
+            v = g[c].dropna().to_numpy(dtype=float)
+            if len(v) == 0:
+                continue
+            n = len(v)
+            ci = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)) if n >= 2 else float("nan")
+            rows.append({"backbone": backbone, "metric": INIT_METRICS[c], "mean": float(v.mean()), "ci95": ci,
+                         "n_seeds": n})
+    return pd.DataFrame(rows, columns=out_cols)
 
 
 def _cell(mean: float, ci: float, n: int, st: dict) -> str:

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import config_hash, load_run_config
 from ..errors import UserError
 from ..provenance import git_state, versions
+from ..runtime import tune_malloc
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, json_finite, read_jsonl
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -364,6 +365,7 @@ def run_cell(run_dir: Path | str) -> dict[str, Any]:
     A result.json with status done/diverged is returned without training. Divergence (non-finite loss)
     never raises; any other exception writes status "failed" with the error, then re-raises."""
     run_dir = Path(run_dir)
+    tune_malloc()
     res_path = run_dir / "result.json"
     if res_path.exists():
         import json
@@ -388,6 +390,29 @@ def run_cell(run_dir: Path | str) -> dict[str, Any]:
             ddp.destroy()
 
 
+def _init_eval(run: "_Run", run_dir: Path, cfg: DictConfig, dist: Dist) -> dict[str, Any]:
+    """``eval.at_init``: probe the untrained network once (init_eval.json, kept across resumes).
+
+    The random-init probe is the baseline SSL has to beat: on small images random conv features are
+    already strong, so a trained run's accuracy means little without it."""
+    path = run_dir / "init_eval.json"
+    if not cfg.eval.get("at_init", False):
+        return {}
+    if path.exists():
+        import json
+        return json.loads(path.read_text())
+    if run.epoch > 0:  # resumed from a checkpoint written before at_init was asked for: init is gone
+        return {}
+    ev: dict[str, Any] = {}
+    if dist.is_main:
+        full = evaluate_model(run.model, cfg, run.device, run.amp_dtype)
+        ev = {k: full[k] for k in ("linear_top1", "knn_top1", "probe", "collapse_backbone")}
+        atomic_write_json(path, ev)
+        _log(f"[{run_dir.name}] at init: linear_top1={ev['linear_top1']} knn_top1={ev['knn_top1']}")
+    ddp.barrier()
+    return ev
+
+
 def _train(run_dir: Path, cfg: DictConfig, result: dict[str, Any], dist: Dist) -> dict[str, Any]:
     run = _Run(run_dir, cfg)
     result["device"] = _device_name(run.device)
@@ -403,6 +428,8 @@ def _train(run_dir: Path, cfg: DictConfig, result: dict[str, Any], dist: Dist) -
             _log(f"[{run_dir.name}] {cfg.method.name} B={run.batch_size} lr={run.lr:.4g} "
                  f"({cfg.lr.scaling} from {cfg.lr.base}) steps/epoch={run.steps_per_epoch} "
                  f"device={result['device']} amp={run.amp_dtype}")
+    init = _init_eval(run, run_dir, cfg, dist)
+    result.update(init_linear_top1=init.get("linear_top1"), init_knn_top1=init.get("knn_top1"))
     epochs, every_ckpt = int(cfg.epochs), int(cfg.checkpoint.every)
     eval_every = int(cfg.eval.every or 0)
     for epoch in range(run.epoch + 1, epochs + 1):
