@@ -167,9 +167,6 @@ def run(s: Settings, progress: bool = True) -> "Any":
 
     Returns the bias.csv table as a pandas DataFrame.
     """
-    import pandas as pd
-    import torch
-
     from .biaslib import figure, network
     from .runtime import tune_malloc
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from omegaconf import DictConfig, OmegaConf
 

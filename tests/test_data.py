@@ -157,6 +157,10 @@ def test_fashion_mnist_from_debian_files_and_cache(tmp_path):
     assert len(list((tmp_path / "cache" / "tensors").glob("fashion_mnist-test-*.pt"))) == 1
     again = load_dataset(cfg, "test")
     assert torch.equal(again.images, te.images) and torch.equal(again.labels, te.labels)
+    # the size the planner uses without reading the data
+    from bsstudy.data import pretrain_size
+
+    assert len(load_dataset(cfg, "pretrain")) == pretrain_size("fashion_mnist") == 60000
     # train_subset: class-stratified and deterministic, applies to pretrain/train, never to test.
     cfg["train_subset"] = 500
     a = load_dataset(cfg, "pretrain")

@@ -20,14 +20,13 @@ from typing import Any, Iterable
 import yaml
 
 from .. import config as bconfig
+from ..data.sizes import pretrain_size
 from ..errors import UserError
 from ..io import atomic_write_text
 from .spec import GROUPS, Sweep, expand
 
 # Training-set size per dataset when dataset.train_subset is null (to reject B > N and estimate cost).
 # imagefolder's size is unknown until its files are read: no check, no estimate.
-DATASET_SIZE = {"fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000, "stl10": 105000}
-
 try:  # libyaml: ~10x faster dumps for 10k config files
     _Dumper = yaml.CSafeDumper
 except AttributeError:  # pragma: no cover
@@ -191,7 +190,7 @@ def dataset_size(cfg: dict) -> int | None:
     ds = cfg["dataset"]
     if ds.get("train_subset") is not None:
         return int(ds["train_subset"])
-    return DATASET_SIZE.get(ds["name"])
+    return pretrain_size(ds["name"])
 
 
 def gpu_hours(cfg: dict, throughput: dict[str, float]) -> float | None:
@@ -311,4 +310,4 @@ def summary_table(cells: Iterable[Cell]) -> str:
 
 
 __all__ = ["Cell", "Planner", "plan_cells", "write_plan", "summary_table", "config_text", "dataset_size",
-           "gpu_hours", "DATASET_SIZE"]
+           "gpu_hours"]
