@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,7 +18,7 @@ from .errors import UserError
 METHODS = ("simclr", "vicreg", "vicreg_unbiased")
 # Objectives built on U-statistics need n >= 4 rows per batch (shared/ESTIMATORS.md).
 MIN_BATCH = {"simclr": 2, "vicreg": 2, "vicreg_unbiased": 4}
-LR_SCALING = ("linear", "sqrt", "none")
+LR_SCALING = ("linear", "sqrt", "none", "table")
 CONF_GROUPS = ("method", "dataset", "model", "optim")
 # Keys that say where a run writes, not what it computes: excluded from the config hash.
 NON_IDENTITY_KEYS = ("out",)
@@ -62,15 +62,43 @@ def group_options(group: str) -> list[str]:
     return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
 
 
-def effective_lr(base_lr: float, batch_size: int, rule: str) -> float:
-    """LR for global ``batch_size`` from the LR at batch 256: linear (B/256), sqrt (sqrt(B/256)) or none."""
+def _lr_table(table: Any, source: str) -> dict[int, float]:
+    """``method.lr_table`` as {batch size: LR}; keys may arrive as strings (command-line dicts)."""
+    if isinstance(table, DictConfig):
+        table = OmegaConf.to_container(table, resolve=True)
+    if not isinstance(table, Mapping) or not table:
+        raise UserError(f"{source}: method.lr_table: lr_scaling=table needs a mapping {{batch_size: lr}}, "
+                        f"got {table!r}")
+    try:
+        return {int(k): float(v) for k, v in table.items()}
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: method.lr_table: keys must be batch sizes and values LRs, got {table!r}") from None
+
+
+def effective_lr(base_lr: float, batch_size: int, rule: str, table: Any = None, source: str = "config") -> float:
+    """LR for global ``batch_size``: from the LR at batch 256 by rule linear (B/256), sqrt (sqrt(B/256)) or
+    none, or looked up in ``table`` ({B: LR}, e.g. a paper's per-batch-size LRs) for rule ``table``."""
     if rule == "linear":
         return base_lr * batch_size / 256.0
     if rule == "sqrt":
         return base_lr * math.sqrt(batch_size / 256.0)
     if rule == "none":
         return float(base_lr)
-    raise UserError(f"method.lr_scaling: unknown rule {rule!r} (choose from {', '.join(LR_SCALING)})")
+    if rule == "table":
+        t = _lr_table(table, source)
+        if batch_size not in t:
+            raise UserError(f"{source}: method.lr_table: no LR for batch_size {batch_size} "
+                            f"(the table has {', '.join(map(str, sorted(t)))})")
+        return t[batch_size]
+    raise UserError(f"{source}: method.lr_scaling: unknown rule {rule!r} (choose from {', '.join(LR_SCALING)})")
+
+
+def lr_record(method: Any, batch_size: int, source: str = "config") -> dict:
+    """The derived ``lr`` block of a resolved config: base, scaling rule and effective LR (recorded apart)."""
+    rule = str(method["lr_scaling"])
+    return {"base": float(method["base_lr"]), "scaling": rule,
+            "effective": effective_lr(float(method["base_lr"]), int(batch_size), rule,
+                                      method.get("lr_table"), source)}
 
 
 def validate(cfg: DictConfig, source: str = "config") -> None:
@@ -115,11 +143,7 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
 def resolve(cfg: DictConfig) -> DictConfig:
     """Return a copy with derived fields added: ``lr`` (base, scaling rule, effective) — recorded separately."""
     out = OmegaConf.to_container(cfg, resolve=True)
-    out["lr"] = {
-        "base": float(cfg.method.base_lr),
-        "scaling": str(cfg.method.lr_scaling),
-        "effective": effective_lr(float(cfg.method.base_lr), int(cfg.batch_size), str(cfg.method.lr_scaling)),
-    }
+    out["lr"] = lr_record(out["method"], int(cfg.batch_size))
     res = OmegaConf.create(out)
     OmegaConf.set_struct(res, True)
     return res

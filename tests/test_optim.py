@@ -112,3 +112,36 @@ def test_lr_scaling_rules(rule, b, expected):
     cfg = cell_config([f"batch_size={b}", f"method.lr_scaling={rule}", "method.base_lr=0.2"])
     assert (cfg.lr.base, cfg.lr.scaling) == (0.2, rule)
     assert cfg.lr.effective == pytest.approx(expected)
+
+
+def test_lr_table_rule_from_config_command_line_and_sweep(tmp_path):
+    """lr_scaling=table looks the LR up per batch size; a batch size missing from the table is a one-line
+    error at plan time (exit 2, nothing written)."""
+    cfg = cell_config(["batch_size=512", "method.lr_scaling=table", "method.lr_table={256:0.3,512:0.45}"])
+    assert (cfg.lr.scaling, cfg.lr.effective, cfg.lr.base) == ("table", 0.45, cfg.method.base_lr)
+    with pytest.raises(UserError, match=r"method.lr_table: no LR for batch_size 1024 \(the table has 256, 512\)"):
+        cell_config(["batch_size=1024", "method.lr_scaling=table", "method.lr_table={256:0.3,512:0.45}"])
+    with pytest.raises(UserError, match="lr_scaling=table needs a mapping"):
+        cell_config(["method.lr_scaling=table"])
+    from bsstudy.cli import main
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("study: t\nbase: {dataset.train_subset: 2048}\ngrid: {method: [vicreg], batch_size: [256, 1024],"
+                     " epochs: [1], seed: [0]}\nper_method:\n  vicreg: {method.lr_scaling: table, method.lr_table:"
+                     " {256: 0.2, 512: 0.3}}\n")
+    assert main(["plan", str(sweep), "--results", str(tmp_path / "results")]) == 2
+    assert not (tmp_path / "results").exists()
+    sweep.write_text(sweep.read_text().replace("512: 0.3", "1024: 0.5"))
+    assert main(["plan", str(sweep), "--results", str(tmp_path / "results")]) == 0
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "results" / "t" / "plan.csv")))
+    assert sorted(float(r["lr"]) for r in rows) == [0.2, 0.5]
+    # the planner's fast path resolves the table cell exactly as cell_config does (same config, same hash)
+    from bsstudy.config import config_hash, load_run_config
+
+    for r in rows:
+        saved = load_run_config(tmp_path / "results" / "t" / "runs" / r["run_id"] / "config.yaml")
+        direct = cell_config(["dataset.train_subset=2048", "method=vicreg", f"batch_size={r['batch_size']}", "epochs=1",
+                              "seed=0", "method.lr_scaling=table", "method.lr_table={256:0.2,1024:0.5}", "study=t"])
+        assert config_hash(saved) == config_hash(direct) == r["config_hash"]

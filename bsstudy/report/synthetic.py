@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..config import config_hash, effective_lr
+from ..config import config_hash, lr_record
 
 Cell = tuple  # (method, batch_size, epochs, seed)
 
@@ -64,8 +64,7 @@ def make_config(study: str, method: str, batch_size: int, epochs: int, seed: int
     if method == "vicreg_unbiased":
         cfg["method"]["loss"]["variance"] = variance
     cfg.update(study=study, batch_size=batch_size, epochs=epochs, seed=seed, out=None)
-    base, rule = float(cfg["method"]["base_lr"]), str(cfg["method"]["lr_scaling"])
-    cfg["lr"] = {"base": base, "scaling": rule, "effective": effective_lr(base, batch_size, rule)}
+    cfg["lr"] = lr_record(cfg["method"], batch_size)
     return cfg
 
 

@@ -122,11 +122,8 @@ class Planner:
         if n is not None and isinstance(cfg["batch_size"], int) and cfg["batch_size"] > n:
             raise UserError(f"{where}: batch_size: {cfg['batch_size']} is larger than the dataset "
                             f"({cfg['dataset']['name']}: {n} training images)")
-        m = cfg["method"]
         # Same derived block as bsstudy.config.resolve (tests assert equality with cell_config).
-        cfg["lr"] = {"base": float(m["base_lr"]), "scaling": str(m["lr_scaling"]),
-                     "effective": bconfig.effective_lr(float(m["base_lr"]), int(cfg["batch_size"]),
-                                                       str(m["lr_scaling"]))}
+        cfg["lr"] = bconfig.lr_record(cfg["method"], int(cfg["batch_size"]), where)
         return cfg
 
 

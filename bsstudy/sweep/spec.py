@@ -70,7 +70,9 @@ class Sweep:
 
 
 def flatten(d: Any, prefix: str, where: str) -> dict[str, Any]:
-    """Flatten nested mappings to dotted keys; a mapping under a group key stays a nested override."""
+    """Flatten nested mappings to dotted keys; a mapping under a group key stays a nested override.
+
+    A mapping with non-string keys (``method.lr_table: {256: 0.3}``) is a value, not a section."""
     if not isinstance(d, dict):
         raise UserError(f"{where}: {prefix or 'value'} must be a mapping, got {type(d).__name__}")
     out: dict[str, Any] = {}
@@ -78,7 +80,7 @@ def flatten(d: Any, prefix: str, where: str) -> dict[str, Any]:
         if not isinstance(k, str) or not k:
             raise UserError(f"{where}: {prefix}{k!r}: keys must be non-empty strings")
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, dict) and all(isinstance(kk, str) for kk in v):
             out.update(flatten(v, key + ".", where))
         else:
             out[key] = v
