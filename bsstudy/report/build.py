@@ -139,8 +139,8 @@ def _init_sentences(o: pd.DataFrame, s: pd.DataFrame, col: str, metric: str, bas
         tol = 100 * math.hypot(*(x for x in (ci, cell_ci) if np.isfinite(x)))  # hypot() of nothing is 0
         if r["best_top1_pct"] - 100 * mean <= tol:
             weak.append(r["method"])
-    top = o["best_top1_pct"].max()
-    parts.append(f"The best cell is {top - 100 * mean:+.1f} points from it.")
+    gap = o["best_top1_pct"].max() - 100 * mean
+    parts.append(f"The best cell is {abs(gap):.1f} points {'above' if gap >= 0 else 'below'} it.")
     if weak:
         parts.append(f"{', '.join(weak)} {'is' if len(weak) == 1 else 'are'} not distinguishable from the untrained "
                      "network even at the best batch size: at this scale the pretraining has not paid off.")
