@@ -280,6 +280,10 @@ def test_untrained_baseline_table_and_reading(tmp_path):
     text = reading(summary, headline(relative_drop(summary)), st.runs, 0, base)
     assert "untrained network (random init, same probe) reaches 80.0% ± 2.5" in text
     assert "simclr is not distinguishable from the untrained network" in text
+    fig = F.fig_accuracy(summary, "linear_top1", True, base)
+    ax = next(a for a in fig.axes if a.get_title().startswith("ours"))
+    line = next(ln for ln in ax.get_lines() if ln.get_label() == "untrained network")
+    assert line.get_ydata()[0] == pytest.approx(100 * mean)
     out = build_report(root, tmp_path / "rep", formats=("md",), log=lambda *_: None)
     md = (out / "report.md").read_text()
     assert "Baseline: the untrained network" in md and (out / "init_baseline.csv").exists()

@@ -258,11 +258,14 @@ def build_report(study_dir: Path | str, out: Path | str | None = None, formats=F
     # ---- figures (rendered in parallel where there are cores: they are most of the time at 1,000 runs)
     figs: list[tuple[str, str]] = []
     jobs: list[tuple] = []
+    base = init_baseline(runs)
     for metric, name in ACCURACY.items():
         if np.isfinite(summary[f"{metric}_mean"]).any():
-            jobs.append((f"accuracy_{name.lower()}", "fig_accuracy", (summary, metric)))
+            jobs.append((f"accuracy_{name.lower()}", "fig_accuracy", (summary, metric, True, base)))
             figs.append((f"accuracy_{name.lower()}", f"{name} top-1 vs batch size (mean and 95% CI band over seeds), "
-                         "one panel per epoch budget; last panel: published ImageNet curves (another scale)"))
+                         "one panel per epoch budget" + ("; dotted: the untrained network with the same probe"
+                                                         if (base["metric"] == name).any() else "")
+                         + "; last panel: published ImageNet curves (another scale)"))
     hm = "linear_top1" if np.isfinite(summary["linear_top1_mean"]).any() else "knn_top1"
     jobs.append(("relative_drop", "fig_relative_drop", (drop, hm)))
     figs.append(("relative_drop", f"relative drop of {ACCURACY[hm]} top-1 from each method's best batch size: "
@@ -277,17 +280,18 @@ def build_report(study_dir: Path | str, out: Path | str | None = None, formats=F
         jobs.append(("gradient_bias", "fig_bias", (study.bias,)))
     rendering = F.start_render(jobs, figdir)  # drawn by workers while this process writes the rest
     try:
-        return _write_documents(study, out, formats, summary, head, paper, figs, rendering, max_curve_cells, log)
+        return _write_documents(study, out, formats, summary, head, paper, figs, rendering, max_curve_cells, log,
+                                base)
     except BaseException:
         rendering.abort()  # never leave workers behind
         raise
 
 
 def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, head: pd.DataFrame, paper: dict,
-                     figs: list, rendering: "F.Rendering", max_curve_cells: int, log) -> Path:
+                     figs: list, rendering: "F.Rendering", max_curve_cells: int, log,
+                     base: pd.DataFrame) -> Path:
     """report.md, report.html and provenance.json (waits for the figures before embedding them)."""
     runs = study.runs
-    base = init_baseline(runs)
     if len(base):
         atomic_write_text(out / "init_baseline.csv", to_csv(base))
     figcount = rendering.count

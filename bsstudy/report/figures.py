@@ -61,9 +61,16 @@ def _log2_axis(ax, batch_sizes) -> None:
     ax.minorticks_off()
 
 
-def fig_accuracy(summary: pd.DataFrame, metric: str = "linear_top1", references: bool = True) -> Figure:
+def fig_accuracy(summary: pd.DataFrame, metric: str = "linear_top1", references: bool = True,
+                 baseline: pd.DataFrame | None = None) -> Figure:
     """Top-1 (%) vs batch size: one panel per epoch budget (one line + 95% CI band per method), then the
-    published reference curves in their own panel (ImageNet: another dataset and scale)."""
+    published reference curves in their own panel (ImageNet: another dataset and scale). ``baseline``
+    (``tables.init_baseline``) adds the untrained network's probe as a dotted line with its CI band."""
+    base = None
+    if baseline is not None and len(baseline):
+        b = baseline[baseline["metric"] == ACCURACY[metric]]
+        if len(b):
+            base = (100 * float(b["mean"].mean()), 100 * float(b["ci95"].max()))
     epochs = sorted(summary["epochs"].unique())
     n = len(epochs) + (1 if references else 0)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
@@ -77,6 +84,10 @@ def fig_accuracy(summary: pd.DataFrame, metric: str = "linear_top1", references:
             ok = np.isfinite(ci)
             if ok.any():
                 ax.fill_between(x[ok], (y - ci)[ok], (y + ci)[ok], color=col[method], alpha=0.2, linewidth=0)
+        if base is not None:
+            ax.axhline(base[0], color="0.35", linestyle=":", label="untrained network")
+            if np.isfinite(base[1]):
+                ax.axhspan(base[0] - base[1], base[0] + base[1], color="0.5", alpha=0.12, linewidth=0)
         _log2_axis(ax, s["batch_size"])
         ax.set_title(f"ours, {e} epochs")
         ax.set_xlabel("batch size")
