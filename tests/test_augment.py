@@ -72,6 +72,41 @@ def test_params_differ_across_samples_and_follow_probabilities():
     assert p.sigma.min() >= 0.1 and p.sigma.max() <= 2.0
 
 
+def test_jitter_order_is_a_uniform_random_permutation_per_sample():
+    cfg = A.ViewConfig.from_cfg(_cfg("cifar10").augment.view1, "view1")
+    p = A.sample_view_params(cfg, 24000, 32, 32, _gen(30))
+    assert p.order.shape == (24000, 4)
+    assert torch.equal(p.order.sort(dim=1).values, torch.arange(4).expand(24000, 4))  # permutations
+    # each of the 24 orders ~1/24, each op at each slot ~1/4
+    codes = (p.order * torch.tensor([64, 16, 4, 1])).sum(1)
+    freq = torch.unique(codes, return_counts=True)[1].float() / 24000
+    assert len(freq) == 24 and (freq - 1 / 24).abs().max() < 0.01
+    for slot in range(4):
+        share = torch.bincount(p.order[:, slot], minlength=4).float() / 24000
+        assert (share - 0.25).abs().max() < 0.015
+
+
+def test_jitter_order_changes_the_result():
+    """Contrast then brightness is not brightness then contrast: the order must reach the pixels."""
+    x = _images(2, 3, 16, seed=31).repeat(2, 1, 1, 1)
+    cfg = A.ViewConfig.from_cfg(_cfg("cifar10").augment.view1, "view1")
+    p = A.sample_view_params(cfg, 4, 16, 16, _gen(32))
+    p.jitter[:] = True
+    p.brightness[:], p.contrast[:], p.saturation[:], p.hue[:] = 1.4, 0.5, 1.0, 0.0
+    p.order[:2] = torch.tensor([0, 1, 2, 3])
+    p.order[2:] = torch.tensor([1, 0, 2, 3])
+    p.top[:], p.left[:], p.height[:], p.width[:], p.flip[:] = 0, 0, 16, 16, False
+    p.gray[:], p.blur[:], p.solarize[:] = False, False, False
+    y = A.apply_view(x, p, (16, 16), 3)
+    for i in range(4):
+        r = x[i]
+        for op in p.order[i].tolist()[:2]:
+            name = A.JITTER_OPS[op]
+            r = getattr(TF, f"adjust_{name}")(r, float(getattr(p, name)[i]))
+        torch.testing.assert_close(y[i], r, atol=ATOL, rtol=0)
+    assert (y[:2] - y[2:]).abs().max() > 0.01
+
+
 def test_views_differ_per_sample_and_between_views():
     cfg = _cfg("cifar10")
     x = (torch.rand(1, 3, 32, 32, generator=_gen(4)) * 255).to(torch.uint8).repeat(16, 1, 1, 1)
@@ -191,7 +226,7 @@ def test_gaussian_blur_per_sample_sigma_matches_torchvision(channels):
 
 
 def test_full_view_matches_torchvision_composition():
-    """apply_view == crop -> flip -> jitter (b, c, s, h) -> gray -> blur -> solarize, per image."""
+    """apply_view == crop -> flip -> jitter (b, c, s, h in the sample's order) -> gray -> blur -> solarize."""
     cfg = A.ViewConfig.from_cfg(_cfg("stl10").augment.view2, "view2")
     cfg = A.ViewConfig(**{**cfg.__dict__, "blur_p": 0.5, "solarize_p": 0.5})
     x = _images(16, 3, 20, seed=14)
@@ -202,11 +237,10 @@ def test_full_view_matches_torchvision_composition():
         r = TF.resized_crop(x[i], int(p.top[i]), int(p.left[i]), int(p.height[i]), int(p.width[i]), [20, 20])
         if p.flip[i]:
             r = TF.horizontal_flip(r)
-        if p.jitter[i]:
-            r = TF.adjust_brightness(r, float(p.brightness[i]))
-            r = TF.adjust_contrast(r, float(p.contrast[i]))
-            r = TF.adjust_saturation(r, float(p.saturation[i]))
-            r = TF.adjust_hue(r, float(p.hue[i]))
+        if p.jitter[i]:  # in the sample's own order, as ColorJitter
+            for op in p.order[i].tolist():
+                name = A.JITTER_OPS[op]
+                r = getattr(TF, f"adjust_{name}")(r, float(getattr(p, name)[i]))
         if p.gray[i]:
             r = TF.rgb_to_grayscale(r, num_output_channels=3)
         if p.blur[i]:

@@ -4,16 +4,15 @@ Every sample of a batch gets its OWN random parameters, drawn as ``(B,)`` tensor
 ``torch.Generator``; the ops then run on the whole batch at once:
 
     random resized crop + horizontal flip   one bilinear grid_sample (per-sample separable grid)
-    colour jitter (prob jitter_p)           brightness -> contrast -> saturation -> hue (fixed order)
+    colour jitter (prob jitter_p)           brightness, contrast, saturation, hue in a random order per sample
     random grayscale                        ITU-R 601 weights, replicated to 3 channels
     Gaussian blur (per-sample sigma)        separable grouped convolution, reflect padding
     solarize                                x >= 0.5 -> 1 - x
 
 Each op follows torchvision's functional semantics on float images in [0, 1] (tests compare them one
-image at a time against ``torchvision.transforms.v2.functional``). Differences from torchvision's
-``ColorJitter``: the four jitter ops run in the fixed order above rather than a random permutation per
-image. Parameters are drawn on the generator's device, so a CPU generator gives the same parameters
-whether the images are on CPU or GPU.
+image at a time against ``torchvision.transforms.v2.functional``); like ``ColorJitter`` the four jitter
+ops run in a random order drawn per sample. Parameters are drawn on the generator's device, so a CPU
+generator gives the same parameters whether the images are on CPU or GPU.
 """
 from __future__ import annotations
 
@@ -88,6 +87,9 @@ class ViewConfig:
         return cls(**v)
 
 
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # ViewParams.order indexes this
+
+
 @dataclass
 class ViewParams:
     """Per-sample parameters of one view; every field is a ``(B,)`` tensor."""
@@ -106,6 +108,7 @@ class ViewParams:
     blur: torch.Tensor       # bool
     sigma: torch.Tensor      # float blur sigma
     solarize: torch.Tensor   # bool
+    order: torch.Tensor      # (B, 4) int64: the jitter op at each of 4 slots (JITTER_OPS indices)
 
     def to(self, device: torch.device | str) -> "ViewParams":
         """Move all parameter tensors to ``device``."""
@@ -184,6 +187,8 @@ def sample_view_params(cfg: ViewConfig, n: int, height: int, width: int, g: torc
         blur=coin(cfg.blur_p),
         sigma=_uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n, g).float(),
         solarize=coin(cfg.solarize_p),
+        # a random permutation per sample, as torchvision's ColorJitter draws one per call
+        order=torch.argsort(torch.rand(n, len(JITTER_OPS), generator=g, device=g.device), dim=1),
     )
 
 
@@ -339,25 +344,34 @@ def _on_subset(y: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
     return y.index_copy_(0, idx, fn(y.index_select(0, idx)).contiguous())
 
 
+def _colour_jitter(y: torch.Tensor, p: ViewParams) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue on the samples with ``p.jitter``, each sample in its own
+    order ``p.order`` (torchvision's ColorJitter). At each of the 4 slots the samples are grouped by the op
+    they apply there, so every op runs once per slot on its group (16 calls per batch, not one per image)."""
+    ops = {
+        0: lambda t, i: adjust_brightness(t, p.brightness[i], inplace=True),
+        1: lambda t, i: adjust_contrast(t, p.contrast[i], inplace=True),
+        2: lambda t, i: adjust_saturation(t, p.saturation[i], inplace=True),
+        3: lambda t, i: adjust_hue(t, p.hue[i]),
+    }
+    if y.shape[1] != 3:  # saturation and hue are the identity on 1 channel
+        del ops[2], ops[3]
+    skip = {0: p.brightness == 1, 1: p.contrast == 1, 2: p.saturation == 1, 3: p.hue == 0}  # identities
+    for slot in range(len(JITTER_OPS)):
+        at = p.order[:, slot]
+        for op, fn in ops.items():
+            mask = p.jitter & (at == op) & ~skip[op]
+            y = _on_subset(y, mask, lambda t, m=mask, f=fn: f(t, m))
+    return y
+
+
 def apply_view(x: torch.Tensor, p: ViewParams, out_size: tuple[int, int], kernel_size: int) -> torch.Tensor:
     """Apply per-sample view parameters to float images ``x`` in [0, 1]; returns [0, 1] floats."""
     channels = x.shape[1]
     # y is our own fresh tensor from here on, so every op runs in place (allocations dominate on CPU).
     y = resized_crop_flip(x, p.top, p.left, p.height, p.width, p.flip, out_size).clamp_(0.0, 1.0)
     if bool(p.jitter.any()):
-        # Non-jittered samples get identity factors: brightness/contrast/saturation with f=1 are exact no-ops.
-        one = torch.ones_like(p.brightness)
-        y = adjust_brightness(y, torch.where(p.jitter, p.brightness, one), inplace=True)
-        y = adjust_contrast(y, torch.where(p.jitter, p.contrast, one), inplace=True)
-        if channels == 3:
-            y = adjust_saturation(y, torch.where(p.jitter, p.saturation, one), inplace=True)
-            on = p.jitter & (p.hue != 0)
-            n_on = int(on.sum())
-            if 2 * n_on >= len(on):
-                # Most samples: one pass over all; a zero shift is the identity up to float rounding (~1e-7).
-                y = adjust_hue(y, torch.where(on, p.hue, torch.zeros_like(p.hue)))
-            elif n_on:
-                y = _on_subset(y, on, lambda t: adjust_hue(t, p.hue[on]))
+        y = _colour_jitter(y, p)
     # Ops applied to a minority of samples run on that subset only (cheaper than a masked blend of all).
     if channels == 3:
         y = _on_subset(y, p.gray, lambda t: rgb_to_grayscale(t).expand_as(t))
