@@ -19,8 +19,8 @@ from . import figures as F
 from .load import Study, load_study, read_config
 from .references import REFERENCES
 from .render import H, Img, P, Pre, Table, Ul, to_html, to_md
-from .tables import (ACCURACY, headline, init_baseline, paper_table, relative_drop, summarize, to_csv, to_latex,
-                     to_markdown)
+from .tables import (ACCURACY, baseline_level, ci_cell, headline, init_baseline, paper_table, relative_drop,
+                     summarize, to_csv, to_latex, to_markdown)
 
 FORMATS = ("md", "html", "tex")
 MAX_CURVE_CELLS = 36  # training-curve figure: cells drawn at most (the report says when more exist)
@@ -126,10 +126,10 @@ def _setup(study: Study) -> list[str]:
 
 def _init_sentences(o: pd.DataFrame, s: pd.DataFrame, col: str, metric: str, base: pd.DataFrame) -> list[str]:
     """Compare each method's best cell with the untrained network under the same probe (eval.at_init)."""
-    b = base[base["metric"] == metric]
-    if b.empty:
+    level = baseline_level(base, metric)
+    if level is None:
         return []
-    mean, ci = float(b["mean"].mean()), float(b["ci95"].max())
+    mean, ci = level
     parts = [f"The untrained network (random init, same probe) reaches {100 * mean:.1f}%"
              + (f" ± {100 * ci:.1f}" if np.isfinite(ci) else "") + "."]
     weak = []
@@ -199,8 +199,7 @@ def reading(summary: pd.DataFrame, head: pd.DataFrame, runs: pd.DataFrame, n_mis
                 else:
                     verdict = "smaller: less batch-size dependence" if du < dv else "larger: more batch-size dependence"
                 parts.append(f"{m}'s largest drop is {_pct(du)} against VICReg's {_pct(dv)}, {verdict}.")
-        if base is not None:
-            parts += _init_sentences(o, s, col, metric, base)
+        parts += _init_sentences(o, s, col, metric, base)
         nmin = int(s[f"{col}_n"].min()) if len(s) else 0
         if nmin < 3:
             parts.append(f"Some cells have only {nmin} finished seed(s), so their CIs are wide or undefined.")
@@ -264,7 +263,7 @@ def build_report(study_dir: Path | str, out: Path | str | None = None, formats=F
             jobs.append((f"accuracy_{name.lower()}", "fig_accuracy", (summary, metric, True, base)))
             figs.append((f"accuracy_{name.lower()}", f"{name} top-1 vs batch size (mean and 95% CI band over seeds), "
                          "one panel per epoch budget" + ("; dotted: the untrained network with the same probe"
-                                                         if (base["metric"] == name).any() else "")
+                                                         if baseline_level(base, name) else "")
                          + "; last panel: published ImageNet curves (another scale)"))
     hm = "linear_top1" if np.isfinite(summary["linear_top1_mean"]).any() else "knn_top1"
     jobs.append(("relative_drop", "fig_relative_drop", (drop, hm)))
@@ -322,8 +321,8 @@ def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, he
     for stem, (t, cap) in paper.items():
         doc += [H(3, cap), Table(t)]
     if len(base):
-        btab = base.assign(top1=[f"{100 * m:.1f}" + (f" ± {100 * c:.1f}" if np.isfinite(c) else " (n=1)")
-                                  for m, c in zip(base["mean"], base["ci95"])])[["backbone", "metric", "top1", "n_seeds"]]
+        btab = base.assign(top1=[ci_cell(m, c, n) for m, c, n in zip(base["mean"], base["ci95"], base["n_seeds"])])
+        btab = btab[["backbone", "metric", "top1", "n_seeds"]]
         doc += [H(3, "Baseline: the untrained network"),
                 P("The same probe on the network each run starts from (`eval.at_init`), before any pretraining: "
                   "the level a method has to beat for its representation to be worth anything. It depends on "

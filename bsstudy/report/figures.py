@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .references import REFERENCES  # noqa: E402
-from .tables import ACCURACY  # noqa: E402
+from .tables import ACCURACY, baseline_level  # noqa: E402
 
 # seaborn "colorblind"
 PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
@@ -66,11 +66,8 @@ def fig_accuracy(summary: pd.DataFrame, metric: str = "linear_top1", references:
     """Top-1 (%) vs batch size: one panel per epoch budget (one line + 95% CI band per method), then the
     published reference curves in their own panel (ImageNet: another dataset and scale). ``baseline``
     (``tables.init_baseline``) adds the untrained network's probe as a dotted line with its CI band."""
-    base = None
-    if baseline is not None and len(baseline):
-        b = baseline[baseline["metric"] == ACCURACY[metric]]
-        if len(b):
-            base = (100 * float(b["mean"].mean()), 100 * float(b["ci95"].max()))
+    level = baseline_level(baseline, ACCURACY[metric])
+    base = None if level is None else (100 * level[0], 100 * level[1])
     epochs = sorted(summary["epochs"].unique())
     n = len(epochs) + (1 if references else 0)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)

@@ -24,6 +24,13 @@ def to_csv(df: pd.DataFrame) -> str:
     return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
 
 
+def t_half_width(std, n):
+    """95% Student-t CI half-width ``t_{0.975, n-1} * std / sqrt(n)`` (elementwise); NaN where n < 2."""
+    n = np.asarray(n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n >= 2, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(np.maximum(n, 1)), np.nan)
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per method x batch size x epochs: run counts by status, and mean/std/n/ci95 of each metric
     over the seeds of runs with status ``done`` (diverged and failed runs are counted, never averaged).
@@ -41,8 +48,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         agg = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reindex(out.index)
         n = agg["n"].fillna(0).astype(int).to_numpy()
         std = np.where(n >= 2, agg["std"].to_numpy(dtype=float), np.nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            half = np.where(n >= 2, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(np.maximum(n, 1)), np.nan)
+        half = t_half_width(std, n)
         out[f"{m}_mean"] = np.where(n >= 1, agg["mean"].to_numpy(dtype=float), np.nan)
         out[f"{m}_std"] = std
         out[f"{m}_n"] = n
@@ -72,13 +78,26 @@ def init_baseline(runs: pd.DataFrame) -> pd.DataFrame:
             if len(v) == 0:
                 continue
             n = len(v)
-            ci = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n)) if n >= 2 else float("nan")
+            ci = float(t_half_width(v.std(ddof=1) if n >= 2 else np.nan, n))
             rows.append({"backbone": backbone, "metric": INIT_METRICS[c], "mean": float(v.mean()), "ci95": ci,
                          "n_seeds": n})
     return pd.DataFrame(rows, columns=out_cols)
 
 
-def _cell(mean: float, ci: float, n: int, st: dict) -> str:
+def baseline_level(base: pd.DataFrame | None, metric: str) -> tuple[float, float] | None:
+    """(mean, ci95) of the untrained network for ``metric`` ("linear" / "kNN") over the backbones of
+    ``init_baseline``'s table (the widest CI), or None when there is none."""
+    if base is None or not len(base):
+        return None
+    b = base[base["metric"] == metric]
+    if b.empty:
+        return None
+    return float(b["mean"].mean()), float(b["ci95"].max())
+
+
+def ci_cell(mean: float, ci: float, n: int, st: dict | None = None) -> str:
+    """A table cell in percent: "mean ± ci", "mean (n=1)", or why there is no value (n = 0)."""
+    st = st or {}
     if n == 0:
         bad = [f"{k}" for k in ("diverged", "failed") if st.get(k)]
         return " / ".join(bad) if bad else "—"
@@ -97,8 +116,9 @@ def paper_table(summary: pd.DataFrame, metric: str, epochs: int) -> pd.DataFrame
         by_b = {int(r["batch_size"]): r for _, r in g.iterrows()}
         for b in bs:
             r = by_b.get(int(b))
-            row[str(b)] = "" if r is None else _cell(r[f"{metric}_mean"], r[f"{metric}_ci95"], int(r[f"{metric}_n"]),
-                                                       {"diverged": r["n_diverged"], "failed": r["n_failed"]})
+            row[str(b)] = "" if r is None else ci_cell(r[f"{metric}_mean"], r[f"{metric}_ci95"],
+                                                        int(r[f"{metric}_n"]),
+                                                        {"diverged": r["n_diverged"], "failed": r["n_failed"]})
         rows.append(row)
     return pd.DataFrame(rows, columns=["method"] + [str(b) for b in bs])
 
