@@ -63,9 +63,7 @@ def group_options(group: str) -> list[str]:
 
 
 def _lr_table(table: Any, source: str) -> dict[int, float]:
-    """``method.lr_table`` as {batch size: LR}; keys may arrive as strings (command-line dicts)."""
-    if isinstance(table, DictConfig):
-        table = OmegaConf.to_container(table, resolve=True)
+    """``method.lr_table`` (a plain mapping) as {batch size: LR}; keys may arrive as strings."""
     if not isinstance(table, Mapping) or not table:
         raise UserError(f"{source}: method.lr_table: lr_scaling=table needs a mapping {{batch_size: lr}}, "
                         f"got {table!r}")

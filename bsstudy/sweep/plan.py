@@ -25,8 +25,6 @@ from ..errors import UserError
 from ..io import atomic_write_text
 from .spec import GROUPS, Sweep, expand
 
-# Training-set size per dataset when dataset.train_subset is null (to reject B > N and estimate cost).
-# imagefolder's size is unknown until its files are read: no check, no estimate.
 try:  # libyaml: ~10x faster dumps for 10k config files
     _Dumper = yaml.CSafeDumper
 except AttributeError:  # pragma: no cover
@@ -183,7 +181,8 @@ class _CanonicalJSON:
 
 
 def dataset_size(cfg: dict) -> int | None:
-    """Images used for pretraining: dataset.train_subset, else the dataset's training-set size."""
+    """Images used for pretraining (to reject B > N and estimate cost): dataset.train_subset, else the
+    dataset's pretraining-split size; None for imagefolder, whose size is unknown until its files are read."""
     ds = cfg["dataset"]
     if ds.get("train_subset") is not None:
         return int(ds["train_subset"])
