@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any, Mapping
 
 import torch
@@ -347,21 +348,20 @@ def _on_subset(y: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
 def _colour_jitter(y: torch.Tensor, p: ViewParams) -> torch.Tensor:
     """Brightness, contrast, saturation and hue on the samples with ``p.jitter``, each sample in its own
     order ``p.order`` (torchvision's ColorJitter). At each of the 4 slots the samples are grouped by the op
-    they apply there, so every op runs once per slot on its group (16 calls per batch, not one per image)."""
-    ops = {
-        0: lambda t, i: adjust_brightness(t, p.brightness[i], inplace=True),
-        1: lambda t, i: adjust_contrast(t, p.contrast[i], inplace=True),
-        2: lambda t, i: adjust_saturation(t, p.saturation[i], inplace=True),
-        3: lambda t, i: adjust_hue(t, p.hue[i]),
-    }
-    if y.shape[1] != 3:  # saturation and hue are the identity on 1 channel
-        del ops[2], ops[3]
-    skip = {0: p.brightness == 1, 1: p.contrast == 1, 2: p.saturation == 1, 3: p.hue == 0}  # identities
+    they apply there, so every op runs once per slot on its group (16 calls per batch, not one per image).
+    Samples whose factor is the identity (1, or a hue shift of 0) are skipped."""
+    # (op, identity factor); the subset each op sees is a fresh copy, so the blends work in place
+    adjust = {"brightness": (partial(adjust_brightness, inplace=True), 1.0),
+              "contrast": (partial(adjust_contrast, inplace=True), 1.0),
+              "saturation": (partial(adjust_saturation, inplace=True), 1.0), "hue": (adjust_hue, 0.0)}
+    n_ops = len(JITTER_OPS) if y.shape[1] == 3 else 2  # saturation and hue are the identity on 1 channel
     for slot in range(len(JITTER_OPS)):
         at = p.order[:, slot]
-        for op, fn in ops.items():
-            mask = p.jitter & (at == op) & ~skip[op]
-            y = _on_subset(y, mask, lambda t, m=mask, f=fn: f(t, m))
+        for op, name in enumerate(JITTER_OPS[:n_ops]):
+            fn, identity = adjust[name]
+            factor = getattr(p, name)
+            mask = p.jitter & (at == op) & (factor != identity)
+            y = _on_subset(y, mask, lambda t, f=fn, v=factor[mask]: f(t, v))
     return y
 
 
