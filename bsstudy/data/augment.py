@@ -93,7 +93,7 @@ JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # ViewParams.order
 
 @dataclass
 class ViewParams:
-    """Per-sample parameters of one view; every field is a ``(B,)`` tensor."""
+    """Per-sample parameters of one view; every field is a ``(B,)`` tensor, except ``order`` (B, 4)."""
 
     top: torch.Tensor        # int64 crop box in input pixels
     left: torch.Tensor
