@@ -32,3 +32,21 @@ def tune_malloc(mmap_threshold_mb: int = 256, trim_threshold_mb: int = 1024) -> 
         return False
     _TUNED = ok
     return ok
+
+
+def resolve_device(name: str, local_rank: int = 0, source: str = "device"):
+    """The one device picker: ``auto`` → ``cuda:<local_rank>`` when CUDA is available, else cpu; otherwise
+    the named device, checked (UserError naming ``source`` when unknown or when CUDA is absent)."""
+    import torch
+
+    from .errors import UserError
+
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"{source}: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{source}: {name!r} requested but CUDA is not available on this machine")
+    return dev

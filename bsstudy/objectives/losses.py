@@ -30,8 +30,10 @@ from . import estimators as E
 from . import terms as T
 from .distributed import all_reduce_mean_, gather_with_grad, world_size
 
-VARIANCE_SCHEMES = ("jackknife", "jackknife_ema_gate", "ema", "c4", "plugin")
-COV_TARGETS = ("identity", "offdiag")
+from ..registry import METHODS
+
+VARIANCE_SCHEMES = METHODS["vicreg_unbiased"].choices["variance"]
+COV_TARGETS = METHODS["vicreg_unbiased"].choices["cov_target"]
 
 
 @dataclass
@@ -226,7 +228,7 @@ class UnbiasedVICReg(VICReg):
     """
 
     name = "vicreg_unbiased"
-    min_rows = 4
+    min_rows = METHODS["vicreg_unbiased"].min_rows
 
     def __init__(self, *, inv_coeff: float = 25.0, var_coeff: float = 25.0, cov_coeff: float = 1.0,
                  gamma: float = 1.0, eps: float = 1e-4, paper_form: bool = False, cov_target: str = "identity",
