@@ -140,3 +140,12 @@ def test_fit_logreg_reaches_the_regularised_optimum():
     # warm start from the solution converges immediately to the same point
     w2, b2 = probe_mod.fit_logreg(x, y, 3, wd, 200, init=(w.detach(), b.detach()))
     torch.testing.assert_close(w2, w.detach(), atol=1e-3, rtol=1e-2)
+
+
+def test_eval_subset_is_seeded_sorted_and_none_when_all_are_used():
+    from bsstudy.evaluate import eval_subset
+
+    idx = eval_subset(100, 10, seed=1)
+    assert idx.tolist() == sorted(idx.tolist()) and len(set(idx.tolist())) == 10 and idx.max() < 100
+    assert torch.equal(idx, eval_subset(100, 10, seed=1)) and not torch.equal(idx, eval_subset(100, 10, seed=2))
+    assert eval_subset(100, None, seed=1) is None and eval_subset(100, 100, seed=1) is None

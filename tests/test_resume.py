@@ -107,3 +107,27 @@ def test_save_rotates_last_to_previous(tmp_path):
     assert torch.load(tmp_path / "previous.pt")["epoch"] == 1
     assert load_checkpoint(tmp_path)["epoch"] == 2
     assert load_checkpoint(tmp_path / "none") is None
+
+
+def test_checkpoint_state_round_trip_and_old_scaler_entry(tmp_path, one_thread):
+    """A checkpoint restores every counter and RNG stream; one of an older version (with its always-None
+    ``scaler`` entry) still loads; a different config is refused."""
+    from bsstudy.config import load_run_config
+    from bsstudy.errors import UserError
+    from bsstudy.train.resume import checkpoint_state, restore
+    from bsstudy.train.setup import Dist, build_run
+
+    cfg = load_run_config(_make(tmp_path, "state") / "config.yaml")
+    run = build_run(cfg, Dist())
+    run.progress.epoch, run.progress.train_seconds, run.progress.images_seen, run.progress.last_loss = 2, 1.5, 64, 3.0
+    st = checkpoint_state(run)
+    assert "scaler" not in st
+    expected = run.aug_gen.get_state()
+    run.aug_gen.manual_seed(123)
+    other = build_run(cfg, Dist())
+    restore(other, {**st, "scaler": None}, tmp_path)
+    assert (other.progress.epoch, other.progress.train_seconds, other.progress.images_seen,
+            other.progress.last_loss) == (2, 1.5, 64, 3.0)
+    assert torch.equal(other.aug_gen.get_state(), expected)
+    with pytest.raises(UserError, match="different config"):
+        restore(other, {**st, "config_hash": "x"}, tmp_path)

@@ -10,16 +10,16 @@ import torch
 from bsstudy.cli import main as cli_main
 from bsstudy.config import config_hash, load_run_config
 from bsstudy.io import read_jsonl
+from bsstudy.layout import RESULT_FIELDS
 from bsstudy.train import run_cell
 from bsstudy.train.cli import prepare_run_dir
-from bsstudy.train.loop import epoch_permutation
+from bsstudy.train.epoch import epoch_permutation
+from bsstudy.train.hooks import Hook
 
 TINY = ["batch_size=32", "epochs=2", "dataset.train_subset=128", "model.width=4", "model.feature_dim=16",
         "method.projector.hidden_dim=32", "method.projector.out_dim=32", "eval.probe_weight_decays=[0.0]",
         "eval.probe_max_iter=30"]
-CONTRACT = {"schema", "run_id", "study", "status", "method", "batch_size", "epochs", "seed", "lr", "dataset",
-            "backbone", "linear_top1", "knn_top1", "final_loss", "diverged_at_epoch", "collapse",
-            "train_seconds", "images_per_second", "device", "git_commit", "versions", "config_hash", "finished_at"}
+CONTRACT = set(RESULT_FIELDS)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,6 +74,23 @@ def test_fail_at_epoch_writes_failed_and_reraises(tmp_path):
     res = json.loads((d / "result.json").read_text())
     assert res["status"] == "failed" and res["error"].startswith("RuntimeError: debug.fail_at_epoch")
     assert "Traceback" in res["error"] and CONTRACT <= set(res)
+    assert res["device"] is not None and res["train_seconds"] is None   # set up, then failed
+
+
+class _Count(Hook):
+    """Records every hook call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        self.calls.append(("start", epoch, steps))
+
+    def step_end(self, step: int, loss: torch.Tensor) -> None:
+        self.calls.append(("step", step, float(loss)))
+
+    def epoch_end(self, epoch: int) -> None:
+        self.calls.append(("end", epoch))
 
 
 def test_epoch_permutation_is_a_function_of_seed_and_epoch():
@@ -109,7 +126,8 @@ def test_cli_help_lists_groups_and_keys(capsys):
 def test_eval_at_init_probes_the_untrained_network_once(tmp_path):
     """eval.at_init: the random-init probe is in init_eval.json and result.json, equal to probing the
     network the run starts from, and training itself is unchanged by it."""
-    from bsstudy.train.loop import _Run, evaluate_model
+    from bsstudy.evaluate import evaluate_model
+    from bsstudy.train.setup import Dist, build_run
 
     d = _make(tmp_path, "init", ["eval.at_init=true", "epochs=1"])
     res = run_cell(d)
@@ -118,9 +136,15 @@ def test_eval_at_init_probes_the_untrained_network_once(tmp_path):
     assert 0.0 <= init["linear_top1"] <= 1.0
     # the same probe on a freshly built network of the same config gives the same number
     cfg = load_run_config(d / "config.yaml")
-    fresh = _Run(d, cfg)
+    fresh = build_run(cfg, Dist())
     assert evaluate_model(fresh.model, cfg, fresh.device)["linear_top1"] == pytest.approx(init["linear_top1"])
-    # training is the same with and without the extra evaluation
-    plain = run_cell(_make(tmp_path, "plain", ["epochs=1"]))
+    # training is the same with and without the extra evaluation, and with an extra hook, which sees
+    # every step of every epoch (128 // 32 = 4)
+    count = _Count()
+    plain = run_cell(_make(tmp_path, "plain", ["epochs=1"]), hooks=[count])
     assert plain["final_loss"] == res["final_loss"] and plain["init_linear_top1"] is None
+    assert [c[:2] for c in count.calls] == [("start", 1), ("step", 0), ("step", 1), ("step", 2), ("step", 3),
+                                            ("end", 1)]
+    assert count.calls[0][2] == 4
+    assert sum(c[2] for c in count.calls[1:5]) / 4 == pytest.approx(plain["final_loss"])
     assert not (tmp_path / "plain" / "init_eval.json").exists()
