@@ -6,8 +6,24 @@ from pathlib import Path
 
 from ..errors import UserError
 
-TOP_KEYS = ("study", "batch_size", "epochs", "seed", "device", "precision", "channels_last", "compile",
-            "deterministic", "eval.*", "checkpoint.every", "distributed.*", "debug.*", "out")
+
+def top_keys() -> tuple[str, ...]:
+    """The keys of ``conf/config.yaml`` besides the groups, as the help shows them: ``key`` for a value,
+    ``section.key`` for a section of one key, ``section.*`` for a larger one."""
+    from importlib.resources import files
+
+    from ..layout import yaml_load
+
+    root = yaml_load(files("bsstudy.conf").joinpath("config.yaml").read_text())
+    out = []
+    for k, v in root.items():
+        if k == "defaults":  # the group selections, listed apart
+            continue
+        if isinstance(v, dict):
+            out.append(f"{k}.{next(iter(v))}" if len(v) == 1 else f"{k}.*")
+        else:
+            out.append(k)
+    return tuple(out)
 
 
 def _epilog() -> str:
@@ -15,7 +31,7 @@ def _epilog() -> str:
 
     groups = "\n".join(f"  {g}={{{','.join(group_options(g))}}}" for g in CONF_GROUPS)
     return (f"config groups:\n{groups}\n"
-            f"top-level keys: {', '.join(TOP_KEYS)}\n"
+            f"top-level keys: {', '.join(top_keys())}\n"
             "any key of a group can be set too, e.g. method.loss.variance=c4 optim.warmup_epochs=2\n"
             "example: bsstudy train method=vicreg batch_size=256 epochs=5 dataset.train_subset=10000 out=runs/x")
 
