@@ -50,7 +50,8 @@ def test_write_result_is_finite_json_with_every_field(tmp_path):
     (None, None),
     ({}, None),
     ({"status": "done"}, None),
-    ({"status": "failed", "error": "RuntimeError: boom\nTraceback (most recent call last):\n  x"}, "RuntimeError: boom"),
+    ({"status": "failed", "error": "RuntimeError: boom\nTraceback (most recent call last):\n  x"},
+     "RuntimeError: boom"),
     ({"status": "failed", "error": "\n  ValueError: lead  \n"}, "ValueError: lead"),
     ({"status": "failed", "error": "   ", "message": "from message"}, "from message"),  # blank error skipped
     ({"status": "failed", "error_message": "E1", "exception": "E2"}, "E1"),

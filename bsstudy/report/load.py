@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from ..layout import Status, StudyPaths, read_config_block, read_result, result_error_line, yaml_load
+from ..layout import (RESULT_FILE, Status, StudyPaths, read_config_block, read_result, result_error_line,
+                      yaml_load)
 from ..registry import method_label, variant
 
 NO_ERROR = "(no error message recorded)"  # error_line of a failed run whose result records none
@@ -84,7 +85,7 @@ def load_study(path: Path | str) -> Study:
                     curve_rows.append(row)
 
     if not results:
-        raise UserError(f"{root}: no runs have finished yet (0 of {len(plan)} planned cells have a result.json; "
+        raise UserError(f"{root}: no runs have finished yet (0 of {len(plan)} planned cells have a {RESULT_FILE}; "
                         f"see `bsstudy status {root}`)")
     runs = pd.json_normalize(results, sep=".")
     # a dict field that is null in some runs (collapse of a failed run) leaves a bare all-null column

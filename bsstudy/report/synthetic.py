@@ -53,16 +53,18 @@ def _conf(name: str) -> dict:
     return yaml_load(files("bsstudy.conf").joinpath(name).read_text())
 
 
-def make_config(study: str, method: str, batch_size: int, epochs: int, seed: int,
-                variance: str = "jackknife") -> dict:
+def make_config(study: str, method: str, batch_size: int, epochs: int, seed: int, **loss) -> dict:
     """A resolved run config shaped like the planner's (bsstudy/conf defaults merged, ``lr`` block added),
-    so file sizes and parse costs match real studies."""
+    so file sizes and parse costs match real studies. ``loss`` overrides keys of the method's loss block
+    (e.g. ``variance="c4"``); an unknown key is a KeyError."""
     cfg = copy.deepcopy({k: v for k, v in _conf("config.yaml").items() if k != "defaults"})
     cfg.update(method=copy.deepcopy(_conf(f"method/{method}.yaml")),
                dataset=copy.deepcopy(_conf("dataset/fashion_mnist.yaml")),
                model=copy.deepcopy(_conf("model/small_cnn.yaml")), optim=copy.deepcopy(_conf("optim/lars.yaml")))
-    if method == "vicreg_unbiased":
-        cfg["method"]["loss"]["variance"] = variance
+    for k, v in loss.items():
+        if k not in cfg["method"]["loss"]:
+            raise KeyError(f"method {method} has no loss parameter {k!r}")
+        cfg["method"]["loss"][k] = v
     cfg.update(study=study, batch_size=batch_size, epochs=epochs, seed=seed, out=None)
     cfg["lr"] = lr_record(cfg["method"], batch_size)
     return cfg

@@ -54,19 +54,20 @@ def prepare_run_dir(overrides: list[str]) -> Path:
 
     from ..config import canonical_json, cell_config, load_run_config
     from ..io import atomic_write_text
+    from ..layout import RunPaths, yaml_dump
 
     cfg = cell_config(overrides, source="train")
     if cfg.out is None:
         raise UserError("out=DIR is required (the run directory)")
     out = Path(str(cfg.out))
-    path = out / "config.yaml"
+    path = RunPaths(out).config
     if path.exists():
         old = load_run_config(path)
         if canonical_json(old) != canonical_json(cfg):
             raise UserError(f"{out} holds a run with a different config; choose another out=")
         return out
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, OmegaConf.to_yaml(cfg))
+    atomic_write_text(path, yaml_dump(OmegaConf.to_container(cfg, resolve=True)))  # = the planner's format
     return out
 
 
@@ -76,8 +77,10 @@ def _main(args: argparse.Namespace) -> int:
     if args.run_dir is not None:
         if args.overrides:
             raise UserError("--run-dir takes no key=value overrides (the cell's config.yaml is used as is)")
+        from ..layout import RunPaths
+
         run_dir = args.run_dir
-        if not (run_dir / "config.yaml").exists():
+        if not RunPaths(run_dir).config.exists():
             raise UserError(f"{run_dir}: no config.yaml (plan the cell first, or use key=value ... out=DIR)")
     else:
         run_dir = prepare_run_dir(list(args.overrides))
