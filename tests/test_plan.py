@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from bsstudy import config as bc
 from bsstudy.cli import main
+from bsstudy.layout import PLAN_COLUMNS
 from bsstudy.sweep.plan import plan_cells
 from bsstudy.sweep.spec import expand, load_sweep
 
@@ -47,6 +48,7 @@ def test_plan_writes_cells_and_replan_is_noop(tmp_path, capsys):
     assert "simclr" in out and "total" in out
     r = rows(res / "tiny")
     assert len(r) == 6
+    assert tuple(r[0]) == PLAN_COLUMNS  # no varied key, no throughput: exactly the contract's columns
     assert {x["method"] for x in r} == {"simclr", "vicreg", "vicreg_unbiased"}
     for x in r:
         run_dir = res / "tiny" / "runs" / x["run_id"]

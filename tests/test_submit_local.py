@@ -93,3 +93,26 @@ def test_expand_array_and_error_line(tmp_path):
                    "submitit ERROR (2026) - Submitted job triggered an exception\n")
     assert error_line(None, log) == "RuntimeError: debug.fail_at_epoch: at 2"
     assert error_line({"error": "ValueError: x\nmore"}, log) == "ValueError: x"
+    # the result's line comes from the one reader (layout.result_error_line): a traceback's last line
+    assert error_line({"traceback": "Traceback\n  File y\nKeyError: 'k'"}, log) == "KeyError: 'k'"
+    assert error_line({"status": "failed"}, log) == "RuntimeError: debug.fail_at_epoch: at 2"
+
+
+def test_dry_run_resources_come_from_the_stored_sweep(tmp_path, capsys):
+    """defaults < sweep slurm < per_method.<m>.slurm (Sweep.resources); nodes/tasks from each config."""
+    grid = {"method": ["simclr", "vicreg"], "batch_size": [8], "epochs": [1], "seed": [0]}
+    sweep = tiny_sweep(tmp_path, "res", grid, per_method={"vicreg": {"slurm": {"mem_gb": 3}}})
+    res = tmp_path / "results"
+    assert main(["plan", str(sweep), "--results", str(res)]) == 0
+    capsys.readouterr()
+    assert main(["submit", str(res / "res"), "--cluster", "local", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cell(s) to local in 2 resource group(s); skipped: none" in out, out
+    groups = [ln.strip() for ln in out.splitlines() if ln.startswith("  1 cell(s): ")]
+    common = "array_parallelism=64 cpus_per_task=1 gpus_per_node=0"
+    tail = "nodes=1 partition=debug tasks_per_node=1 timeout_min=10"
+    assert groups == [f"1 cell(s): {common} mem_gb=1 {tail}", f"1 cell(s): {common} mem_gb=3 {tail}"], groups
+    assert not (res / "res" / "jobs.jsonl").exists()
+    (res / "res" / "sweep.yaml").unlink()
+    assert main(["submit", str(res / "res"), "--cluster", "local", "--dry-run"]) == 2
+    assert "sweep.yaml: missing (re-run `bsstudy plan`" in capsys.readouterr().err

@@ -12,14 +12,33 @@ import inspect
 from typing import Any
 
 from ..errors import UserError
+from ..registry import method_names
 from . import estimators
 from .losses import COV_TARGETS, VARIANCE_SCHEMES, Objective, ObjectiveOutput, SimCLR, UnbiasedVICReg, VICReg
 
-OBJECTIVES: dict[str, type[Objective]] = {
-    "simclr": SimCLR,
-    "vicreg": VICReg,
-    "vicreg_unbiased": UnbiasedVICReg,
-}
+
+def _objective_classes() -> dict[str, type[Objective]]:
+    """Every imported ``Objective`` subclass by its ``name`` (subclasses of subclasses included)."""
+    out: dict[str, type[Objective]] = {}
+    todo = list(Objective.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        out.setdefault(cls.name, cls)
+        todo += cls.__subclasses__()
+    return out
+
+
+def _by_registry() -> dict[str, type[Objective]]:
+    """name -> class for every method of the registry, in registry order; a method without a class fails
+    here, at import, rather than at the first run of a sweep."""
+    classes = _objective_classes()
+    missing = [m for m in method_names() if m not in classes]
+    if missing:
+        raise ImportError(f"bsstudy.registry lists {', '.join(missing)} but no Objective subclass has that name")
+    return {m: classes[m] for m in method_names()}
+
+
+OBJECTIVES: dict[str, type[Objective]] = _by_registry()
 
 
 def build_objective(name: str, **params: Any) -> Objective:

@@ -10,9 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
+from ..layout import (RESULT_FILE, Status, StudyPaths, read_config_block, read_result, result_error_line,
+                      yaml_load)
+from ..registry import method_label, variant
 
-# Fields a failed/diverged result.json may carry its error line in (the first one present wins).
-ERROR_KEYS = ("error", "error_message", "message", "exception", "traceback")
+NO_ERROR = "(no error message recorded)"  # error_line of a failed run whose result records none
 
 
 @dataclass
@@ -30,55 +32,15 @@ class Study:
     bias: pd.DataFrame | None   # bias/bias.csv when present
 
 
-def _yaml_load(text: str) -> dict:
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on 1,000 configs
-    return yaml.load(text, Loader=loader) or {}
-
-
 def read_config(path: Path) -> dict:
     """A run's whole config.yaml as a dict."""
-    return _yaml_load(Path(path).read_text())
-
-
-def _method_block(path: Path, cache: dict) -> dict:
-    """``{"method": ...}`` of a config.yaml. The planner writes block-style YAML with top-level keys at
-    column 0, so the ``method:`` block is cut out and parsed alone, once per distinct text (``cache``):
-    it is the same for every cell of a method variant, and a whole 120-line config costs ~1 ms to parse
-    (1 s per 1,000 runs). Anything unexpected falls back to parsing the whole file."""
-    text = path.read_text()
-    lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if ln.startswith("method:")), None)
-    if start is not None and lines[start].rstrip() == "method:":
-        end = next((j for j in range(start + 1, len(lines)) if lines[j] and not lines[j][0].isspace()
-                    and not lines[j].startswith("#")), len(lines))
-        key = "\n".join(lines[start:end])
-        if key not in cache:
-            cache[key] = _yaml_load(key)
-        if isinstance(cache[key].get("method"), dict):
-            return cache[key]
-    return {"method": _yaml_load(text).get("method") or {}}
+    return yaml_load(Path(path).read_text())
 
 
 def _variant(cfg: dict) -> str:
-    """The part of a method's config that makes it a different estimator (unbiased VICReg's schemes)."""
+    """The part of a method's config that makes it a different estimator (``registry.variant``)."""
     m = cfg.get("method") or {}
-    loss = m.get("loss") or {}
-    if m.get("name") == "vicreg_unbiased":
-        return f"{loss.get('variance', '?')},{loss.get('cov_target', '?')}"
-    return ""
-
-
-def _error_line(res: dict) -> str:
-    for k in ERROR_KEYS:
-        v = res.get(k)
-        if v:
-            lines = [ln for ln in str(v).strip().splitlines() if ln.strip()]
-            return lines[-1] if k == "traceback" else lines[0]
-    if res.get("status") == "diverged":
-        return f"diverged at epoch {res.get('diverged_at_epoch')}"
-    return "(no error message recorded)"
+    return variant(m.get("name"), m.get("loss"))
 
 
 def load_study(path: Path | str) -> Study:
@@ -86,7 +48,8 @@ def load_study(path: Path | str) -> Study:
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"{root}: no such study directory (expected results/<study> written by `bsstudy plan`)")
-    plan_path = root / "plan.csv"
+    paths = StudyPaths(root)
+    plan_path = paths.plan
     if not plan_path.is_file():
         raise UserError(f"{root}: no plan.csv (is this a study directory written by `bsstudy plan`?)")
     raw = plan_path.read_bytes()
@@ -95,27 +58,22 @@ def load_study(path: Path | str) -> Study:
         raise UserError(f"{plan_path}: no run_id column")
     plan = plan.sort_values("run_id", kind="stable").reset_index(drop=True)
 
-    run_dirs = sorted(p for p in (root / "runs").glob("*") if p.is_dir()) if (root / "runs").is_dir() else []
     results, configs, curve_rows, blocks = [], {}, [], {}
-    for d in run_dirs:
-        rid = d.name
-        cfg_path, res_path = d / "config.yaml", d / "result.json"
-        if cfg_path.is_file():
+    for run in paths.run_dirs():
+        rid = run.run_id
+        if run.config.is_file():
             try:
-                configs[rid] = _method_block(cfg_path, blocks)
+                configs[rid] = read_config_block(run.config, "method", blocks)
             except Exception as exc:  # a broken config must not hide the other runs
-                raise UserError(f"{cfg_path}: cannot read ({str(exc).splitlines()[0]})") from None
-        if not res_path.is_file():
+                raise UserError(f"{run.config}: cannot read ({str(exc).splitlines()[0]})") from None
+        res = read_result(run.result, strict=True)  # a torn or hand-broken result: one-line error
+        if res is None:
             continue
-        try:
-            res = json.loads(res_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{res_path}: invalid JSON ({exc})") from None
         res.setdefault("run_id", rid)
         res["variant"] = _variant(configs.get(rid, {}))
-        res["error_line"] = "" if res.get("status") == "done" else _error_line(res)
+        res["error_line"] = "" if res.get("status") == Status.DONE else (result_error_line(res) or NO_ERROR)
         results.append(res)
-        mpath = d / "metrics.jsonl"
+        mpath = run.metrics
         if mpath.is_file():
             for line in mpath.read_text().splitlines():
                 try:
@@ -127,7 +85,7 @@ def load_study(path: Path | str) -> Study:
                     curve_rows.append(row)
 
     if not results:
-        raise UserError(f"{root}: no runs have finished yet (0 of {len(plan)} planned cells have a result.json; "
+        raise UserError(f"{root}: no runs have finished yet (0 of {len(plan)} planned cells have a {RESULT_FILE}; "
                         f"see `bsstudy status {root}`)")
     runs = pd.json_normalize(results, sep=".")
     # a dict field that is null in some runs (collapse of a failed run) leaves a bare all-null column
@@ -154,7 +112,7 @@ def load_study(path: Path | str) -> Study:
     missing = missing.sort_values(order, kind="stable").reset_index(drop=True)
 
     bias = None
-    bias_path = root / "bias" / "bias.csv"
+    bias_path = paths.bias_csv
     if bias_path.is_file():
         bias = pd.read_csv(bias_path)
         if not {"batch_size"} <= set(bias.columns) or not ({"rel_bias"} & set(bias.columns)):
@@ -164,7 +122,8 @@ def load_study(path: Path | str) -> Study:
 
 
 def _method_labels(runs: pd.DataFrame) -> pd.Series:
-    """Method name, plus the variant when one method was run with several variants in this study."""
+    """Method name, plus the variant (``registry.method_label``) when one method was run with several
+    variants in this study."""
     variants = runs.groupby("method")["variant"].nunique()
     many = set(variants[variants > 1].index)
-    return runs.apply(lambda r: f"{r['method']}[{r['variant']}]" if r["method"] in many else r["method"], axis=1)
+    return runs.apply(lambda r: method_label(r["method"], r["variant"] if r["method"] in many else ""), axis=1)

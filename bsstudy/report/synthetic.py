@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..config import config_hash, lr_record
+from ..layout import Status, StudyPaths, new_result, write_result, yaml_dump, yaml_load
 
 Cell = tuple  # (method, batch_size, epochs, seed)
 
@@ -47,22 +48,23 @@ class SyntheticStudy:
 @functools.lru_cache(maxsize=None)
 def _conf(name: str) -> dict:
     """One YAML file of bsstudy/conf (shipped defaults), parsed once."""
-    import yaml
     from importlib.resources import files
 
-    return yaml.safe_load(files("bsstudy.conf").joinpath(name).read_text()) or {}
+    return yaml_load(files("bsstudy.conf").joinpath(name).read_text())
 
 
-def make_config(study: str, method: str, batch_size: int, epochs: int, seed: int,
-                variance: str = "jackknife") -> dict:
+def make_config(study: str, method: str, batch_size: int, epochs: int, seed: int, **loss) -> dict:
     """A resolved run config shaped like the planner's (bsstudy/conf defaults merged, ``lr`` block added),
-    so file sizes and parse costs match real studies."""
+    so file sizes and parse costs match real studies. ``loss`` overrides keys of the method's loss block
+    (e.g. ``variance="c4"``); an unknown key is a KeyError."""
     cfg = copy.deepcopy({k: v for k, v in _conf("config.yaml").items() if k != "defaults"})
     cfg.update(method=copy.deepcopy(_conf(f"method/{method}.yaml")),
                dataset=copy.deepcopy(_conf("dataset/fashion_mnist.yaml")),
                model=copy.deepcopy(_conf("model/small_cnn.yaml")), optim=copy.deepcopy(_conf("optim/lars.yaml")))
-    if method == "vicreg_unbiased":
-        cfg["method"]["loss"]["variance"] = variance
+    for k, v in loss.items():
+        if k not in cfg["method"]["loss"]:
+            raise KeyError(f"method {method} has no loss parameter {k!r}")
+        cfg["method"]["loss"][k] = v
     cfg.update(study=study, batch_size=batch_size, epochs=epochs, seed=seed, out=None)
     cfg["lr"] = lr_record(cfg["method"], batch_size)
     return cfg
@@ -81,13 +83,14 @@ def write_study(root: Path | str, methods: Iterable[str] = ("simclr", "vicreg", 
     no result.json. ``metrics_epochs`` caps the lines of metrics.jsonl (default: the run's epochs).
     ``init_accuracy(seed) -> (linear, knn)`` adds the untrained network's probe (``eval.at_init``).
     """
+    from ..sweep.plan import plan_row
+
     root = Path(root)
+    paths = StudyPaths(root)
     study = study or root.name
     diverged, failed, missing = set(map(tuple, diverged)), set(map(tuple, failed)), set(map(tuple, missing))
     out = SyntheticStudy(root)
     plan_rows = []
-    import yaml  # noqa: PLC0415 (only the writer needs it)
-
     for m in methods:
         for b in batch_sizes:
             for e in epochs:
@@ -97,56 +100,53 @@ def write_study(root: Path | str, methods: Iterable[str] = ("simclr", "vicreg", 
                     h = config_hash(cfg)
                     rid = f"{m}-b{b}-e{e}-s{s}-{h[:8]}"
                     out.run_ids[cell] = rid
-                    rdir = root / "runs" / rid
-                    rdir.mkdir(parents=True, exist_ok=True)
-                    cfg["out"] = str(rdir)
-                    (rdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
-                    plan_rows.append({"run_id": rid, "study": study, "method": m, "batch_size": b, "epochs": e,
-                                      "seed": s, "lr": cfg["lr"]["effective"], "base_lr": cfg["lr"]["base"],
-                                      "lr_scaling": cfg["lr"]["scaling"], "dataset": cfg["dataset"]["name"],
-                                      "backbone": cfg["model"]["name"], "optim": cfg["optim"]["name"],
-                                      "config_hash": h})
+                    run = paths.run(rid)
+                    run.dir.mkdir(parents=True, exist_ok=True)
+                    cfg["out"] = str(run.dir)
+                    run.config.write_text(yaml_dump(cfg, sort_keys=True))
+                    plan_rows.append(plan_row(rid, study, cfg, h))
                     if cell in missing:
                         continue
-                    status = "diverged" if cell in diverged else "failed" if cell in failed else "done"
+                    status = (Status.DIVERGED if cell in diverged else Status.FAILED if cell in failed
+                              else Status.DONE)
+                    done = status == Status.DONE
                     lin, knn = accuracy(m, b, e, s)
-                    n_ep = e if status == "done" else max(1, e // 2)
+                    n_ep = e if done else max(1, e // 2)
                     n_ep = min(n_ep, metrics_epochs) if metrics_epochs else n_ep
                     lines = []
                     for ep in range(n_ep):
                         loss = 10.0 / (1 + ep) + 0.01 * s
-                        if status == "diverged" and ep == n_ep - 1:
+                        if status == Status.DIVERGED and ep == n_ep - 1:
                             loss = float("nan")
                         lines.append(json.dumps({"epoch": ep, "loss": loss if math.isfinite(loss) else None,
                                                  "lr": cfg["lr"]["effective"], "seconds": 1.0,
                                                  "images_per_second": 1000.0}, sort_keys=True))
-                    (rdir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-                    res = {
-                        "schema": 1, "run_id": rid, "study": study, "status": status, "method": m,
-                        "batch_size": b, "epochs": e, "seed": s, "lr": cfg["lr"]["effective"],
-                        "dataset": "fashion_mnist", "backbone": "small_cnn",
-                        "linear_top1": lin if status == "done" else None,
-                        "knn_top1": knn if status == "done" else None,
-                        "final_loss": 10.0 / e if status == "done" else None,
-                        "diverged_at_epoch": n_ep - 1 if status == "diverged" else None,
-                        "collapse": ({"effective_rank": 40.0 + math.log2(b) + s, "avg_abs_corr": 0.1 + 0.01 * s,
-                                      "min_std": 0.05, "mean_std": 0.2} if status == "done" else None),
-                        "train_seconds": 10.0 * e, "images_per_second": 1000.0, "device": "cpu",
-                        "git_commit": "0" * 40, "versions": {"torch": "2.14.1", "bsstudy": "0.1.0"},
-                        "config_hash": h, "finished_at": "2026-01-01T00:00:00Z",
-                    }
+                    run.metrics.write_text("\n".join(lines) + "\n")
+                    collapse = ({"effective_rank": 40.0 + math.log2(b) + s, "avg_abs_corr": 0.1 + 0.01 * s,
+                                 "min_std": 0.05, "mean_std": 0.2} if done else None)
+                    res = new_result(
+                        run_id=rid, study=study, status=str(status), method=m, batch_size=b, epochs=e, seed=s,
+                        lr=cfg["lr"]["effective"], lr_base=cfg["lr"]["base"], lr_scaling=cfg["lr"]["scaling"],
+                        dataset=cfg["dataset"]["name"], backbone=cfg["model"]["name"],
+                        linear_top1=lin if done else None, knn_top1=knn if done else None,
+                        final_loss=10.0 / e if done else None,
+                        diverged_at_epoch=n_ep - 1 if status == Status.DIVERGED else None,
+                        collapse=collapse, collapse_backbone=copy.deepcopy(collapse),
+                        train_seconds=10.0 * e, images_per_second=1000.0, device="cpu", git_commit="0" * 40,
+                        versions={"torch": "2.14.1", "bsstudy": "0.1.0"}, config_hash=h,
+                        finished_at="2026-01-01T00:00:00Z")
                     if init_accuracy is not None:
                         res["init_linear_top1"], res["init_knn_top1"] = init_accuracy(s)
-                    if status == "failed":
+                    if status == Status.FAILED:
                         # as bsstudy.train writes it: first line, then the traceback's tail
                         res["error"] = (f"RuntimeError: injected failure at epoch {n_ep}\nTraceback (most recent "
                                         f"call last):\n  File \"loop.py\", line 1\nRuntimeError: injected")
-                    if status == "diverged":
+                    if status == Status.DIVERGED:
                         res["error"] = f"loss is nan at epoch {n_ep - 1}"
-                    (rdir / "result.json").write_text(json.dumps(res, indent=2, sort_keys=True))
+                    write_result(run.result, res)
                     out.results[rid] = res
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / "plan.csv", "w", newline="") as f:
+    with open(paths.plan, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(plan_rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(plan_rows)

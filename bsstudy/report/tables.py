@@ -1,6 +1,12 @@
 """Aggregation and tables: per-run table, per-cell summary with 95% Student-t CIs over seeds, the seed
 papers' layout (method x batch size, "mean ± ci" in percent), and relative drops from each method's best
-batch size. Every function is deterministic (sorted rows, fixed float formats)."""
+batch size. Every function is deterministic (sorted rows, fixed float formats).
+
+Two words for a measured quantity, kept apart: a *metric column* is a result field (``linear_top1``,
+``collapse.min_std``; summary columns ``<column>_mean`` ...); a *metric label* is how the report names an
+accuracy (``linear``, ``kNN``): ``ACCURACY`` maps columns to labels. The output tables keep their
+``metric`` column as published: relative_drop.csv holds metric columns, headline.csv and
+init_baseline.csv hold metric labels."""
 from __future__ import annotations
 
 import math
@@ -9,13 +15,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..layout import RESULT_STATUSES, Status
 from .references import REFERENCES, relative_drops
 
-ACCURACY = {"linear_top1": "linear", "knn_top1": "kNN"}
+ACCURACY = {"linear_top1": "linear", "knn_top1": "kNN"}  # metric column -> metric label
 SUMMARY_METRICS = ("linear_top1", "knn_top1", "collapse.effective_rank", "collapse.avg_abs_corr",
                    "collapse.min_std", "collapse.mean_std")
 KEYS = ["method_label", "batch_size", "epochs"]
-INIT_METRICS = {"init_linear_top1": "linear", "init_knn_top1": "kNN"}  # result.json with eval.at_init
+INIT_METRICS = {"init_linear_top1": "linear", "init_knn_top1": "kNN"}  # columns (eval.at_init) -> labels
 FLOAT_FORMAT = "%.6g"
 
 
@@ -31,15 +38,16 @@ def t_half_width(std, n):
         return np.where(n >= 2, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * std / np.sqrt(np.maximum(n, 1)), np.nan)
 
 
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per method x batch size x epochs: run counts by status, and mean/std/n/ci95 of each metric
-    over the seeds of runs with status ``done`` (diverged and failed runs are counted, never averaged).
+def summarize_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per method x batch size x epochs: run counts by status (``n_<status>`` for each result
+    status), and mean/std/n/ci95 of each metric column over the seeds of runs with status ``done``
+    (diverged and failed runs are counted, never averaged).
     CI half-width = t_{0.975, n-1} * std / sqrt(n); undefined (NaN) for n < 2."""
     st = runs["status"]
-    counts = runs.assign(n_done=st == "done", n_diverged=st == "diverged", n_failed=st == "failed").groupby(
-        KEYS, sort=True).agg(runs_total=("status", "size"), n_done=("n_done", "sum"),
-                             n_diverged=("n_diverged", "sum"), n_failed=("n_failed", "sum"))
-    done = runs[st == "done"]
+    flags = {f"n_{s}": st == s for s in RESULT_STATUSES}
+    counts = runs.assign(**flags).groupby(KEYS, sort=True).agg(runs_total=("status", "size"),
+                                                               **{n: (n, "sum") for n in flags})
+    done = runs[st == Status.DONE]
     out = counts.astype(int)
     for m in SUMMARY_METRICS:
         vals = pd.to_numeric(done[m], errors="coerce") if m in done.columns else pd.Series(np.nan, index=done.index)
@@ -57,6 +65,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     out["batch_size"] = out["batch_size"].astype(int)
     out["epochs"] = out["epochs"].astype(int)
     return out.sort_values(KEYS).reset_index(drop=True)
+
+
+summarize = summarize_cells  # former name (report/build.py, tests); bsstudy.biaslib.stats has its own summarize
 
 
 def init_baseline(runs: pd.DataFrame) -> pd.DataFrame:
@@ -84,12 +95,12 @@ def init_baseline(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=out_cols)
 
 
-def baseline_level(base: pd.DataFrame | None, metric: str) -> tuple[float, float] | None:
-    """(mean, ci95) of the untrained network for ``metric`` ("linear" / "kNN") over the backbones of
-    ``init_baseline``'s table (the widest CI), or None when there is none."""
+def baseline_level(base: pd.DataFrame | None, label: str) -> tuple[float, float] | None:
+    """(mean, ci95) of the untrained network for metric label ``label`` ("linear" / "kNN") over the
+    backbones of ``init_baseline``'s table (the widest CI), or None when there is none."""
     if base is None or not len(base):
         return None
-    b = base[base["metric"] == metric]
+    b = base[base["metric"] == label]
     if b.empty:
         return None
     return float(b["mean"].mean()), float(b["ci95"].max())
@@ -99,15 +110,16 @@ def ci_cell(mean: float, ci: float, n: int, st: dict | None = None) -> str:
     """A table cell in percent: "mean ± ci", "mean (n=1)", or why there is no value (n = 0)."""
     st = st or {}
     if n == 0:
-        bad = [f"{k}" for k in ("diverged", "failed") if st.get(k)]
+        bad = [str(k) for k in (Status.DIVERGED, Status.FAILED) if st.get(k)]
         return " / ".join(bad) if bad else "—"
     if n == 1 or not np.isfinite(ci):
         return f"{100 * mean:.1f} (n=1)"
     return f"{100 * mean:.1f} ± {100 * ci:.1f}"
 
 
-def paper_table(summary: pd.DataFrame, metric: str, epochs: int) -> pd.DataFrame:
-    """Seed-paper layout for one epoch budget: rows = method, columns = batch size, "mean ± ci" (%)."""
+def paper_table(summary: pd.DataFrame, column: str, epochs: int) -> pd.DataFrame:
+    """Seed-paper layout of metric column ``column`` (e.g. ``linear_top1``) for one epoch budget: rows =
+    method, columns = batch size, "mean ± ci" (%)."""
     s = summary[summary["epochs"] == epochs]
     bs = sorted(s["batch_size"].unique())
     rows = []
@@ -116,9 +128,9 @@ def paper_table(summary: pd.DataFrame, metric: str, epochs: int) -> pd.DataFrame
         by_b = {int(r["batch_size"]): r for _, r in g.iterrows()}
         for b in bs:
             r = by_b.get(int(b))
-            row[str(b)] = "" if r is None else ci_cell(r[f"{metric}_mean"], r[f"{metric}_ci95"],
-                                                        int(r[f"{metric}_n"]),
-                                                        {"diverged": r["n_diverged"], "failed": r["n_failed"]})
+            row[str(b)] = "" if r is None else ci_cell(r[f"{column}_mean"], r[f"{column}_ci95"],
+                                                        int(r[f"{column}_n"]),
+                                                        {s: r[f"n_{s}"] for s in (Status.DIVERGED, Status.FAILED)})
         rows.append(row)
     return pd.DataFrame(rows, columns=["method"] + [str(b) for b in bs])
 
@@ -172,8 +184,8 @@ def relative_drop(summary: pd.DataFrame) -> pd.DataFrame:
     """Long table: for ours (per method, epochs, metric) and each reference, the mean top-1 (%) at each batch
     size, the best batch size and the relative drop from the best in percent. Ties go to the smaller B."""
     rows = []
-    for metric in ACCURACY:
-        col = f"{metric}_mean"
+    for column in ACCURACY:
+        col = f"{column}_mean"
         for (method, epochs), g in summary.groupby(["method_label", "epochs"], sort=True):
             g = g[np.isfinite(g[col])].sort_values("batch_size")
             if g.empty:
@@ -182,10 +194,10 @@ def relative_drop(summary: pd.DataFrame) -> pd.DataFrame:
             best, best_b = 100 * g[col].iloc[best_i], int(g["batch_size"].iloc[best_i])
             for _, r in g.iterrows():
                 acc = 100 * r[col]
-                rows.append(dict(source="ours", method=method, dataset="", epochs=int(epochs), metric=metric,
+                rows.append(dict(source="ours", method=method, dataset="", epochs=int(epochs), metric=column,
                                  batch_size=int(r["batch_size"]), top1_pct=acc, best_batch_size=best_b,
                                  best_top1_pct=best, rel_drop_pct=100 * (best - acc) / best,
-                                 ci95_pct=100 * r[f"{metric}_ci95"]))
+                                 ci95_pct=100 * r[f"{column}_ci95"]))
     for ref in REFERENCES:
         best_b, best, drops = relative_drops(ref)
         for b, acc, d in zip(ref.batch_sizes, ref.top1, drops):
@@ -200,10 +212,10 @@ def headline(drop: pd.DataFrame) -> pd.DataFrame:
     """Per method (ours and references), epochs and metric: best B and the largest relative drop from it,
     over the batch sizes that source covers (the study's headline number)."""
     rows = []
-    for (source, metric, method, epochs), g in drop.groupby(["source", "metric", "method", "epochs"], sort=True):
+    for (source, column, method, epochs), g in drop.groupby(["source", "metric", "method", "epochs"], sort=True):
         worst = g.loc[g["rel_drop_pct"].idxmax()]
         bs = g["batch_size"]
-        rows.append(dict(source=source, method=method, epochs=int(epochs), metric=ACCURACY.get(metric, metric),
+        rows.append(dict(source=source, method=method, epochs=int(epochs), metric=ACCURACY.get(column, column),
                          batch_sizes=f"{int(bs.min())}–{int(bs.max())}", best_batch_size=int(worst["best_batch_size"]),
                          best_top1_pct=round(float(worst["best_top1_pct"]), 2), worst_batch_size=int(worst["batch_size"]),
                          worst_top1_pct=round(float(worst["top1_pct"]), 2),

@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .plan import plan_cells, summary_table, write_plan
+    from ..layout import StudyPaths
+    from .plan import plan_cells, plan_summary_table, write_plan
     from .spec import load_sweep
 
     overrides, results = _split_overrides(args.overrides, args.results)
@@ -17,9 +18,9 @@ def _plan(args: argparse.Namespace) -> int:
     cells = plan_cells(sweep, results)  # validates every cell before anything is written
     w = write_plan(sweep, cells, results)
     study_dir = results / sweep.study
-    print(f"plan: study {sweep.study}: {len(cells)} cells -> {study_dir / 'plan.csv'} "
+    print(f"plan: study {sweep.study}: {len(cells)} cells -> {StudyPaths(study_dir).plan} "
           f"({w['configs_new']} new, {w['configs_unchanged']} unchanged, {w['configs_rewritten']} rewritten)")
-    print(summary_table(cells))
+    print(plan_summary_table(cells))
     return 0
 
 
@@ -61,6 +62,7 @@ def _fmt(v) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from ..layout import Status
     from .state import cell_states, counts
 
     states = cell_states(Path(args.study_dir))
@@ -75,7 +77,7 @@ def _status(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for s, r in zip(states, rows):
         print("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
-        if s.state == "failed":
+        if s.state == Status.FAILED:
             print(f"    error: {s.error}")
             if s.log:
                 print(f"    log:   {s.log}")
@@ -85,6 +87,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the plan, submit and status verbs."""
+    from ..layout import STATUS_ORDER
+
     p = sub.add_parser("plan", help="expand a sweep YAML into run configs (results/<study>/plan.csv, runs/)",
                        description="Validate every cell of SWEEP.yaml, then write results/<study>/plan.csv and "
                        "runs/<run_id>/config.yaml. Overrides: grid.KEY=[..], base config KEY=VALUE, "
@@ -110,8 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_submit)
 
     t = sub.add_parser("status", help="state of every cell of a study",
-                       description="One row per cell: planned/pending/running/preempted/done/diverged/failed, "
-                       "job id, epoch reached; for failures the error line and the log path.")
+                       description=f"One row per cell: {'/'.join(STATUS_ORDER)}, job id, epoch reached; "
+                       "for failures the error line and the log path.")
     t.add_argument("study_dir", help="results/<study>")
     t.add_argument("--json", action="store_true", help="machine-readable output")
     t.set_defaults(func=_status)

@@ -17,18 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from .. import config as bconfig
 from ..data.sizes import pretrain_size
 from ..errors import UserError
 from ..io import atomic_write_text
+from ..layout import PLAN_COLUMNS, PLAN_EXTRA_COLUMNS, StudyPaths, yaml_dump
 from .spec import GROUPS, Sweep, expand
 
-try:  # libyaml: ~10x faster dumps for 10k config files
-    _Dumper = yaml.CSafeDumper
-except AttributeError:  # pragma: no cover
-    _Dumper = yaml.SafeDumper
+# Grid keys that are plan.csv columns already (PLAN_COLUMNS); any other varied key gets its own column.
+_AXES = ("method", "batch_size", "epochs", "seed")
+_GPU_HOURS = PLAN_EXTRA_COLUMNS[0]  # present only when the sweep gives throughput
 
 
 @dataclass
@@ -200,13 +198,22 @@ def gpu_hours(cfg: dict, throughput: dict[str, float]) -> float | None:
     return n * cfg["epochs"] / ips / 3600.0
 
 
+def plan_row(run_id: str, study: str, cfg: dict, config_hash: str) -> dict[str, Any]:
+    """The ``PLAN_COLUMNS`` of one cell's plan.csv row, in order, from its resolved config."""
+    row = {"run_id": run_id, "study": study, "method": cfg["method"]["name"], "batch_size": cfg["batch_size"],
+           "epochs": cfg["epochs"], "seed": cfg["seed"], "lr": cfg["lr"]["effective"], "base_lr": cfg["lr"]["base"],
+           "lr_scaling": cfg["lr"]["scaling"], "dataset": cfg["dataset"]["name"], "backbone": cfg["model"]["name"],
+           "optim": cfg["optim"]["name"], "config_hash": config_hash}
+    return {c: row[c] for c in PLAN_COLUMNS}  # KeyError here = a column of layout not filled in
+
+
 def plan_cells(sweep: Sweep, results: Path) -> list[Cell]:
     """Expand, resolve and validate every cell (nothing written); duplicates collapse to one run."""
     planner = Planner(sweep.source)
-    runs_dir = str((results / sweep.study / "runs").resolve())
-    varied = [k for k in sweep.grid if k not in ("method", "batch_size", "epochs", "seed")]
+    runs_dir = str(StudyPaths(results / sweep.study).runs.resolve())
+    varied = [k for k in sweep.grid if k not in _AXES]
     for r in sweep.include:
-        varied += [k for k in r if k not in varied and k not in ("method", "batch_size", "epochs", "seed")]
+        varied += [k for k in r if k not in varied and k not in _AXES]
     cells: dict[str, Cell] = {}
     for ov in expand(sweep):
         cfg = planner.resolve(ov, sweep.study)
@@ -216,13 +223,7 @@ def plan_cells(sweep: Sweep, results: Path) -> list[Cell]:
         if rid in cells:
             continue
         cfg["out"] = f"{runs_dir}/{rid}"
-        row = {
-            "run_id": rid, "study": sweep.study, "method": cfg["method"]["name"],
-            "batch_size": cfg["batch_size"], "epochs": cfg["epochs"], "seed": cfg["seed"],
-            "lr": cfg["lr"]["effective"], "base_lr": cfg["lr"]["base"], "lr_scaling": cfg["lr"]["scaling"],
-            "dataset": cfg["dataset"]["name"], "backbone": cfg["model"]["name"], "optim": cfg["optim"]["name"],
-            "config_hash": h,
-        }
+        row = plan_row(rid, sweep.study, cfg, h)
         for k in varied:
             v: Any = cfg
             for p in k.split("."):
@@ -230,7 +231,7 @@ def plan_cells(sweep: Sweep, results: Path) -> list[Cell]:
             row[k] = v
         if sweep.throughput:
             gh = gpu_hours(cfg, sweep.throughput)
-            row["gpu_hours"] = None if gh is None else round(gh, 4)
+            row[_GPU_HOURS] = None if gh is None else round(gh, 4)
         cells[rid] = Cell(rid, cfg, row)
     if not cells:
         raise UserError(f"{sweep.source}: the grid is empty (every cell excluded?)")
@@ -239,11 +240,12 @@ def plan_cells(sweep: Sweep, results: Path) -> list[Cell]:
 
 def config_text(cfg: dict) -> str:
     """config.yaml text of a resolved config (key order as composed; loads back to the same JSON)."""
-    return yaml.dump(cfg, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
+    return yaml_dump(cfg)
 
 
 def plan_csv_text(cells: list[Cell]) -> str:
-    """plan.csv text: one row per cell, columns in first-seen order."""
+    """plan.csv text: one row per cell; ``PLAN_COLUMNS`` first, then varied keys and gpu_hours in first-seen
+    order."""
     cols: list[str] = []
     for c in cells:
         cols += [k for k in c.row if k not in cols]
@@ -257,10 +259,10 @@ def plan_csv_text(cells: list[Cell]) -> str:
 
 def write_plan(sweep: Sweep, cells: list[Cell], results: Path) -> dict[str, int]:
     """Write plan.csv, sweep.yaml and each new/changed runs/<run_id>/config.yaml; counts of files written."""
-    study_dir = results / sweep.study
+    paths = StudyPaths(results / sweep.study)
     written = {"configs_new": 0, "configs_unchanged": 0, "configs_rewritten": 0}
     for c in cells:
-        p = study_dir / "runs" / c.run_id / "config.yaml"
+        p = paths.run(c.run_id).config
         text = config_text(c.config)
         if p.exists():
             if p.read_text() == text:
@@ -270,16 +272,14 @@ def write_plan(sweep: Sweep, cells: list[Cell], results: Path) -> dict[str, int]
         else:
             written["configs_new"] += 1
         atomic_write_text(p, text)
-    for name, text in (("plan.csv", plan_csv_text(cells)),
-                       ("sweep.yaml", yaml.dump(sweep.to_dict(), Dumper=_Dumper, sort_keys=False))):
-        p = study_dir / name
+    for p, text in ((paths.plan, plan_csv_text(cells)), (paths.sweep, yaml_dump(sweep.to_dict()))):
         if not p.exists() or p.read_text() != text:
             atomic_write_text(p, text)
     return written
 
 
-def summary_table(cells: Iterable[Cell]) -> str:
-    """Cells per method x batch size, plus GPU-hours when estimated."""
+def plan_summary_table(cells: Iterable[Cell]) -> str:
+    """What ``bsstudy plan`` prints: cells per method x batch size, plus GPU-hours when estimated."""
     cells = list(cells)
     methods = sorted({c.row["method"] for c in cells})
     bss = sorted({c.row["batch_size"] for c in cells})
@@ -294,16 +294,16 @@ def summary_table(cells: Iterable[Cell]) -> str:
                      + f" {sum(count[(m, b)] for b in bss):>7}")
     lines.append(f"{'total':<{w}} " + " ".join(f"{sum(count[(m, b)] for m in methods):>6}" for b in bss)
                  + f" {len(cells):>7}")
-    gh = [c.row.get("gpu_hours") for c in cells]
+    gh = [c.row.get(_GPU_HOURS) for c in cells]
     if any(g is not None and g != "" for g in gh):
         known = [g for g in gh if isinstance(g, (int, float))]
-        per = {m: sum(c.row["gpu_hours"] for c in cells if c.row["method"] == m
-                      and isinstance(c.row.get("gpu_hours"), (int, float))) for m in methods}
+        per = {m: sum(c.row[_GPU_HOURS] for c in cells if c.row["method"] == m
+                      and isinstance(c.row.get(_GPU_HOURS), (int, float))) for m in methods}
         extra = "" if len(known) == len(gh) else f" ({len(gh) - len(known)} cells without an estimate)"
         lines.append(f"estimated GPU-hours: {sum(known):.1f}{extra} = "
                      + ", ".join(f"{m} {per[m]:.1f}" for m in methods))
     return "\n".join(lines)
 
 
-__all__ = ["Cell", "Planner", "plan_cells", "write_plan", "summary_table", "config_text", "dataset_size",
-           "gpu_hours"]
+__all__ = ["Cell", "Planner", "plan_cells", "plan_row", "write_plan", "plan_summary_table", "config_text",
+           "dataset_size", "gpu_hours"]

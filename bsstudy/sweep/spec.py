@@ -26,6 +26,7 @@ import yaml
 
 from ..config import CONF_GROUPS
 from ..errors import UserError
+from ..layout import yaml_load_file
 
 GROUPS = CONF_GROUPS  # keys whose string value selects a config-group option
 TOP_KEYS = ("study", "base", "grid", "exclude", "include", "per_method", "slurm", "throughput")
@@ -88,7 +89,9 @@ def flatten(d: Any, prefix: str, where: str) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value: YAML scalar or flow list (``[0,1,2]``, ``1e-3``, ``null``, ``true``)."""
+    """A command-line value: YAML scalar or flow list (``[0,1,2]``, ``1e-3``, ``null``, ``true``).
+
+    Not ``layout.yaml_load``: a value may be ``null``, and text that is not YAML stays the string given."""
     try:
         return yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
@@ -98,13 +101,7 @@ def parse_value(text: str) -> Any:
 def _load_yaml(path: Path) -> dict:
     if not path.exists():
         raise UserError(f"{path}: no such sweep file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
+    data = yaml_load_file(path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: a sweep file is a mapping with keys {', '.join(TOP_KEYS)}")
     return data

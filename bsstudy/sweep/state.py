@@ -1,32 +1,34 @@
 """Cell state, derived on every call from the run files, jobs.jsonl and the scheduler (never stored).
 
-States: planned (never submitted) · pending · running · preempted (requeued/pending after training
-started, or PREEMPTED in sacct) · done · diverged · failed (result.json says so, or the job ended
-without one) · unknown (the scheduler could not be asked).
+States (``bsstudy.layout.Status``): planned (never submitted) · pending · running · preempted
+(requeued/pending after training started, or PREEMPTED in sacct) · done · diverged · failed (result.json
+says so, or the job ended without one) · unknown (the scheduler could not be asked).
 """
 from __future__ import annotations
 
 import csv
-import json
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
 from ..io import read_jsonl
+from ..layout import (ACTIVE, FINISHED_BAD, RESULT_FILE, RESULT_STATUSES, STATUS_ORDER, Status, StudyPaths,
+                      read_result, result_error_line)
+from ..layout import study_paths as study_paths  # noqa: PLC0414 - re-export until every caller uses layout
 
-ACTIVE = ("pending", "running", "preempted")
-FINISHED_BAD = ("failed", "diverged")
+# The job has left the scheduler: its files (result.json or its absence) say how it went. Not a Status.
+_ENDED = "ended"
+_P, _R = Status.PENDING, Status.RUNNING
 # sacct/squeue states -> ours.
-_SLURM = {
-    "PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
-    "REQUEUE_FED": "pending", "RESV_DEL_HOLD": "pending", "SUSPENDED": "pending", "SPECIAL_EXIT": "pending",
-    "RUNNING": "running", "COMPLETING": "running", "RESIZING": "running", "STAGE_OUT": "running",
-    "SIGNALING": "running", "PREEMPTED": "preempted",
-    "COMPLETED": "ended", "FAILED": "ended", "CANCELLED": "ended", "TIMEOUT": "ended", "NODE_FAIL": "ended",
-    "OUT_OF_MEMORY": "ended", "BOOT_FAIL": "ended", "DEADLINE": "ended", "REVOKED": "ended",
+_SLURM: dict[str, str] = {
+    "PENDING": _P, "CONFIGURING": _P, "REQUEUED": _P, "REQUEUE_HOLD": _P, "REQUEUE_FED": _P,
+    "RESV_DEL_HOLD": _P, "SUSPENDED": _P, "SPECIAL_EXIT": _P,
+    "RUNNING": _R, "COMPLETING": _R, "RESIZING": _R, "STAGE_OUT": _R, "SIGNALING": _R,
+    "PREEMPTED": Status.PREEMPTED,
+    "COMPLETED": _ENDED, "FAILED": _ENDED, "CANCELLED": _ENDED, "TIMEOUT": _ENDED, "NODE_FAIL": _ENDED,
+    "OUT_OF_MEMORY": _ENDED, "BOOT_FAIL": _ENDED, "DEADLINE": _ENDED, "REVOKED": _ENDED,
 }
 
 
@@ -39,7 +41,7 @@ class CellState:
     batch_size: int
     epochs: int
     seed: int
-    state: str = "planned"
+    state: Status = Status.PLANNED
     job_id: str | None = None
     cluster: str | None = None
     epoch: int | None = None          # last epoch in metrics.jsonl
@@ -53,26 +55,16 @@ class CellState:
                                               "job_id", "cluster", "epoch", "error", "log", "scheduler_state")}
 
 
-def study_paths(study_dir: Path) -> dict[str, Path]:
-    """Files of a planned study; UserError if it was never planned."""
-    study_dir = Path(study_dir)
-    plan = study_dir / "plan.csv"
-    if not plan.exists():
-        raise UserError(f"{study_dir}: no plan.csv (run `bsstudy plan SWEEP.yaml` first)")
-    return {"dir": study_dir, "plan": plan, "sweep": study_dir / "sweep.yaml", "jobs": study_dir / "jobs.jsonl",
-            "runs": study_dir / "runs", "submitit": study_dir / "submitit"}
-
-
 def read_plan(study_dir: Path) -> list[dict]:
     """Rows of plan.csv (strings), in plan order."""
-    with open(study_paths(study_dir)["plan"], newline="") as f:
+    with open(study_paths(study_dir).plan, newline="") as f:
         return list(csv.DictReader(f))
 
 
 def latest_jobs(study_dir: Path) -> dict[str, dict]:
     """run_id -> the latest jobs.jsonl line for it."""
     last: dict[str, dict] = {}
-    for row in read_jsonl(Path(study_dir) / "jobs.jsonl"):
+    for row in read_jsonl(StudyPaths(Path(study_dir)).jobs):
         if "run_id" in row:
             last[row["run_id"]] = row
     return last
@@ -142,8 +134,8 @@ def local_alive(pid: str) -> bool:
     return b"submitit" in cmd and stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def _last_epoch(run_dir: Path) -> int | None:
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+def _last_epoch(metrics: Path) -> int | None:
+    rows = read_jsonl(metrics)
     eps = [r["epoch"] for r in rows if isinstance(r.get("epoch"), int)]
     return max(eps) if eps else None
 
@@ -157,12 +149,11 @@ _EXC = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*|[\w.]+
 
 
 def error_line(result: dict | None, log: Path | None) -> str | None:
-    """First line of a cell's error: result.json's error, else the last exception line of the log."""
-    if result:
-        for k in ("error", "exception", "message"):
-            v = result.get(k)
-            if isinstance(v, str) and v.strip():
-                return v.strip().splitlines()[0]
+    """First line of a cell's error: result.json's (``layout.result_error_line``), else the last exception
+    line of the log."""
+    line = result_error_line(result)
+    if line:
+        return line
     if log is not None and log.exists():
         lines = log.read_text(errors="replace").splitlines()
         for line in reversed(lines):
@@ -188,50 +179,43 @@ def cell_states(study_dir: Path, query_scheduler: bool = True) -> list[CellState
     out = []
     for row in plan:
         rid = row["run_id"]
-        run_dir = paths["runs"] / rid
+        run = paths.run(rid)
         cs = CellState(rid, row["method"], int(row["batch_size"]), int(row["epochs"]), int(row["seed"]))
-        cs.epoch = _last_epoch(run_dir)
+        cs.epoch = _last_epoch(run.metrics)
         job = jobs.get(rid)
         if job:
             cs.job_id, cs.cluster = str(job["job_id"]), job.get("cluster")
-            cs.log = str(log_path(paths["submitit"], cs.job_id))
-        result = None
-        rp = run_dir / "result.json"
-        if rp.exists():
-            try:
-                result = json.loads(rp.read_text())
-            except (OSError, json.JSONDecodeError):
-                result = None
+            cs.log = str(log_path(paths.submitit, cs.job_id))
+        result = read_result(run.result)  # None when absent or unreadable (a torn write)
         live = None
         if job and cs.cluster == "slurm":
             st = None if sched is None else sched.get(cs.job_id)
             cs.scheduler_state = st
-            live = "unknown" if sched is None else _SLURM.get(st or "", "ended" if st else "unknown")
+            live = Status.UNKNOWN if sched is None else _SLURM.get(st or "", _ENDED if st else Status.UNKNOWN)
         elif job and cs.cluster == "local":
-            live = "running" if local_alive(cs.job_id) else "ended"
+            live = Status.RUNNING if local_alive(cs.job_id) else _ENDED
         elif job:  # debug executor runs in-process: over when submit returned
-            live = "ended"
+            live = _ENDED
         if live in ACTIVE:
             # a running job after a failed result.json (retry) is the truth; so is a requeued one
-            cs.state = "preempted" if live == "pending" and cs.epoch is not None else live
-        elif result and result.get("status") in ("done", "diverged", "failed"):
-            cs.state = result["status"]
-        elif live == "unknown":
-            cs.state = "unknown"
+            cs.state = Status.PREEMPTED if live == Status.PENDING and cs.epoch is not None else Status(live)
+        elif result and result.get("status") in RESULT_STATUSES:
+            cs.state = Status(result["status"])
+        elif live == Status.UNKNOWN:
+            cs.state = Status.UNKNOWN
         elif job:
-            cs.state = "failed"  # the job ended without writing result.json (killed, OOM, timeout)
-        if cs.state == "failed":
+            cs.state = Status.FAILED  # the job ended without writing result.json (killed, OOM, timeout)
+        if cs.state == Status.FAILED:
             cs.error = error_line(result, Path(cs.log) if cs.log else None) or (
-                f"job ended ({cs.scheduler_state}) without result.json" if cs.scheduler_state else
-                "job ended without result.json")
+                f"job ended ({cs.scheduler_state}) without {RESULT_FILE}" if cs.scheduler_state else
+                f"job ended without {RESULT_FILE}")
         out.append(cs)
     return out
 
 
-def counts(states: list[CellState]) -> dict[str, int]:
-    """Cells per state, in a fixed order."""
-    order = ("planned", "pending", "running", "preempted", "done", "diverged", "failed", "unknown")
-    c = {k: 0 for k in order}
+def counts(states: list[CellState]) -> dict[Status, int]:
+    """Cells per state, in ``STATUS_ORDER``."""
+    c: dict[Status, int] = {k: 0 for k in STATUS_ORDER}
     for s in states:
         c[s.state] = c.get(s.state, 0) + 1
     return c

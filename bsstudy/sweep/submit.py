@@ -15,17 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import UserError
 from ..io import append_jsonl, atomic_write_text
-from .spec import SLURM_DEFAULTS
-from .state import ACTIVE, CellState, cell_states, counts, study_paths
-
-try:
-    _Loader = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover
-    _Loader = yaml.SafeLoader
+from ..layout import ACTIVE, FINISHED_BAD, RunPaths, Status, StudyPaths, study_paths, yaml_load_file
+from .spec import Sweep, load_sweep
+from .state import CellState, cell_states, counts
 
 
 def _now() -> str:
@@ -43,18 +37,16 @@ def pick_cluster(cluster: str) -> str:
     return cluster
 
 
-def _sweep_spec(study_dir: Path) -> dict:
-    p = study_paths(study_dir)["sweep"]
-    if not p.exists():
-        raise UserError(f"{p}: missing (re-run `bsstudy plan` for this study)")
-    return yaml.load(p.read_text(), Loader=_Loader) or {}
+def _stored_sweep(paths: StudyPaths) -> Sweep:
+    """The checked sweep ``bsstudy plan`` stored in the study (its resources and study name)."""
+    if not paths.sweep.exists():
+        raise UserError(f"{paths.sweep}: missing (re-run `bsstudy plan` for this study)")
+    return load_sweep(paths.sweep)
 
 
-def cell_resources(spec: dict, method: str, cfg: dict) -> dict[str, Any]:
-    """SLURM resources of one cell: defaults < sweep ``slurm`` < ``per_method.<m>.slurm``; tasks from the config."""
-    r = dict(SLURM_DEFAULTS)
-    r.update(spec.get("slurm") or {})
-    r.update(((spec.get("per_method") or {}).get(method) or {}).get("slurm") or {})
+def cell_resources(sweep: Sweep, method: str, cfg: dict) -> dict[str, Any]:
+    """SLURM resources of one cell: ``Sweep.resources(method)``; nodes and tasks from the cell's config."""
+    r = sweep.resources(method)
     dist = cfg["distributed"]
     r["nodes"] = int(dist["nodes"])
     r["tasks_per_node"] = int(dist["gpus_per_node"])  # one rank per task (config: ranks per node)
@@ -78,26 +70,24 @@ def executor_parameters(r: dict[str, Any], study: str) -> dict[str, Any]:
     return p
 
 
-def _retire_result(run_dir: Path) -> None:
-    """Keep a failed/diverged result.json aside (result.<n>.json) so the retried run can write its own."""
-    rp = run_dir / "result.json"
-    if rp.exists():
+def _retire_result(run: RunPaths) -> None:
+    """Keep a failed/diverged result aside (``RunPaths.retired(n)``) so the retried run can write its own."""
+    if run.result.exists():
         n = 1
-        while (run_dir / f"result.retired{n}.json").exists():
+        while run.retired(n).exists():
             n += 1
-        os.replace(rp, run_dir / f"result.retired{n}.json")
+        os.replace(run.result, run.retired(n))
 
 
-def _record(study_dir: Path, rid: str, job_id: str, cluster: str) -> None:
-    append_jsonl(study_dir / "jobs.jsonl", {"run_id": rid, "job_id": str(job_id), "cluster": cluster,
-                                            "time": _now()})
+def _record(paths: StudyPaths, rid: str, job_id: str, cluster: str) -> None:
+    append_jsonl(paths.jobs, {"run_id": rid, "job_id": str(job_id), "cluster": cluster, "time": _now()})
 
 
 def select(states: list[CellState], retry_failed: bool) -> tuple[list[CellState], dict[str, int]]:
     """Cells to submit, and why the others are skipped."""
     todo, skipped = [], {}
     for s in states:
-        if s.state == "planned" or (retry_failed and s.state in ("failed", "diverged")):
+        if s.state == Status.PLANNED or (retry_failed and s.state in FINISHED_BAD):
             todo.append(s)
         else:
             skipped[s.state] = skipped.get(s.state, 0) + 1
@@ -111,14 +101,14 @@ def submit(study_dir: Path | str, cluster: str = "auto", retry_failed: bool = Fa
     study_dir = Path(study_dir)
     paths = study_paths(study_dir)
     cluster = pick_cluster(cluster)
-    spec = _sweep_spec(study_dir)
-    study = spec.get("study") or study_dir.name
+    sweep = _stored_sweep(paths)
+    study = sweep.study
     if cluster == "local":
-        _refuse_if_dispatching(paths["submitit"])
+        _refuse_if_dispatching(paths.submitit)
     states = cell_states(study_dir)
     todo, skipped = select(states, retry_failed)
-    if "unknown" in skipped:
-        print(f"warning: {skipped['unknown']} cell(s) have an unknown scheduler state (sacct/squeue "
+    if Status.UNKNOWN in skipped:
+        print(f"warning: {skipped[Status.UNKNOWN]} cell(s) have an unknown scheduler state (sacct/squeue "
               f"unreachable); not resubmitted", file=out)
     skip_txt = ", ".join(f"{n} {k}" for k, n in skipped.items()) or "none"
     if not todo:
@@ -126,12 +116,10 @@ def submit(study_dir: Path | str, cluster: str = "auto", retry_failed: bool = Fa
         return _wait(study_dir, cluster, [], wait, out) if wait and cluster == "slurm" else 0
     groups: dict[tuple, list[tuple[CellState, dict]]] = {}
     for s in todo:
-        run_dir = paths["runs"] / s.run_id
-        cfg_p = run_dir / "config.yaml"
+        cfg_p = paths.run(s.run_id).config
         if not cfg_p.exists():
             raise UserError(f"{cfg_p}: missing (re-run `bsstudy plan`)")
-        cfg = yaml.load(cfg_p.read_text(), Loader=_Loader)
-        r = cell_resources(spec, s.method, cfg)
+        r = cell_resources(sweep, s.method, yaml_load_file(cfg_p))
         key = tuple(sorted((k, repr(v)) for k, v in r.items()))
         groups.setdefault(key, []).append((s, r))
     print(f"submit: {len(todo)} cell(s) to {cluster} in {len(groups)} resource group(s); skipped: {skip_txt}",
@@ -145,11 +133,11 @@ def submit(study_dir: Path | str, cluster: str = "auto", retry_failed: bool = Fa
         return 0
     import submitit
 
-    folder = paths["submitit"]
+    folder = paths.submitit
     folder.mkdir(parents=True, exist_ok=True)
     if retry_failed:
         for s in todo:
-            _retire_result(paths["runs"] / s.run_id)
+            _retire_result(paths.run(s.run_id))
     if cluster == "local":
         if wait is False:
             return _detach_local(study_dir, parallel, out)
@@ -157,8 +145,8 @@ def submit(study_dir: Path | str, cluster: str = "auto", retry_failed: bool = Fa
     if cluster == "debug":  # in-process, one after the other (debugging a cell; never behind a pipe)
         ex = submitit.AutoExecutor(folder=folder, cluster="debug")
         for s, _ in (x for m in groups.values() for x in m):
-            job = ex.submit(_job(paths["runs"] / s.run_id))
-            _record(study_dir, s.run_id, job.job_id, "debug")
+            job = ex.submit(_job(paths.run(s.run_id)))
+            _record(paths, s.run_id, job.job_id, "debug")
             try:
                 job.result()
             except Exception as exc:  # the cell's failure is in its result.json
@@ -171,12 +159,12 @@ def submit(study_dir: Path | str, cluster: str = "auto", retry_failed: bool = Fa
         try:
             with ex.batch():
                 # torch threads = the CPUs SLURM gave the task (without cgroups torch would take all cores)
-                jobs = [ex.submit(_job(paths["runs"] / s.run_id, int(r["cpus_per_task"]))) for s, r in members]
+                jobs = [ex.submit(_job(paths.run(s.run_id), int(r["cpus_per_task"]))) for s, r in members]
         except Exception as exc:
             msg = str(exc).strip().splitlines()
             raise UserError(f"sbatch failed: {msg[-1] if msg else type(exc).__name__}") from None
         for (s, _), job in zip(members, jobs):
-            _record(study_dir, s.run_id, job.job_id, "slurm")
+            _record(paths, s.run_id, job.job_id, "slurm")
             submitted.append(s.run_id)
         print(f"  array {jobs[0].job_id.split('_')[0]}: {len(jobs)} cell(s)", file=out)
     if wait:
@@ -184,10 +172,10 @@ def submit(study_dir: Path | str, cluster: str = "auto", retry_failed: bool = Fa
     return 0
 
 
-def _job(run_dir: Path, threads: int | None = None):
+def _job(run: RunPaths, threads: int | None = None):
     from .job import CellJob
 
-    return CellJob(str(run_dir.resolve()), threads)
+    return CellJob(str(run.dir.resolve()), threads)
 
 
 def _wait(study_dir: Path, cluster: str, run_ids: list[str], wait: bool | None, out) -> int:
@@ -199,7 +187,7 @@ def _wait(study_dir: Path, cluster: str, run_ids: list[str], wait: bool | None, 
     bar = tqdm(total=len(watch), desc="cells", unit="cell", file=sys.stderr, disable=not watch)
     while True:
         states = [s for s in cell_states(study_dir) if s.run_id in watch]
-        finished = sum(s.state not in ACTIVE and s.state != "unknown" for s in states)
+        finished = sum(s.state not in ACTIVE and s.state != Status.UNKNOWN for s in states)
         bar.n = finished
         bar.refresh()
         if finished == len(states):
@@ -208,7 +196,7 @@ def _wait(study_dir: Path, cluster: str, run_ids: list[str], wait: bool | None, 
     bar.close()
     c = counts(states)
     print("submit: " + ", ".join(f"{n} {k}" for k, n in c.items() if n), file=out)
-    return 1 if c["failed"] else 0
+    return 1 if c[Status.FAILED] else 0
 
 
 def _dispatch_pid(folder: Path) -> Path:
@@ -229,7 +217,7 @@ def _refuse_if_dispatching(folder: Path) -> None:
 
 def _detach_local(study_dir: Path, parallel: int | None, out) -> int:
     """--no-wait locally: a detached `bsstudy submit --cluster local` keeps at most `parallel` cells running."""
-    folder = study_paths(study_dir)["submitit"]
+    folder = study_paths(study_dir).submitit
     cmd = [sys.executable, "-m", "bsstudy.cli", "submit", str(study_dir), "--cluster", "local"]
     if parallel:
         cmd += ["--parallel", str(parallel)]
@@ -246,7 +234,8 @@ def _run_local(study_dir: Path, study: str, cells: list[CellState], groups: dict
     import submitit
     from tqdm import tqdm
 
-    folder = study_paths(study_dir)["submitit"]
+    paths = study_paths(study_dir)
+    folder = paths.submitit
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     parallel = max(1, min(parallel or cores, len(cells)))
     threads = max(1, cores // parallel)
@@ -266,8 +255,8 @@ def _run_local(study_dir: Path, study: str, cells: list[CellState], groups: dict
                 s = queue.pop(0)
                 ex.update_parameters(timeout_min=int(res[s.run_id]["timeout_min"]), tasks_per_node=1,
                                      nodes=1, gpus_per_node=0, name=f"bsstudy-{study}")
-                job = ex.submit(_job(study_paths(study_dir)["runs"] / s.run_id, threads))
-                _record(study_dir, s.run_id, job.job_id, "local")
+                job = ex.submit(_job(paths.run(s.run_id), threads))
+                _record(paths, s.run_id, job.job_id, "local")
                 running[s.run_id] = job
             time.sleep(0.5)
             for rid, job in list(running.items()):
@@ -292,4 +281,4 @@ def _run_local(study_dir: Path, study: str, cells: list[CellState], groups: dict
             pass
     c = counts(cell_states(study_dir))
     print("submit: " + ", ".join(f"{n} {k}" for k, n in c.items() if n), file=out)
-    return 1 if c["failed"] else 0
+    return 1 if c[Status.FAILED] else 0

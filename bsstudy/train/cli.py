@@ -6,8 +6,24 @@ from pathlib import Path
 
 from ..errors import UserError
 
-TOP_KEYS = ("study", "batch_size", "epochs", "seed", "device", "precision", "channels_last", "compile",
-            "deterministic", "eval.*", "checkpoint.every", "distributed.*", "debug.*", "out")
+
+def top_keys() -> tuple[str, ...]:
+    """The keys of ``conf/config.yaml`` besides the groups, as the help shows them: ``key`` for a value,
+    ``section.key`` for a section of one key, ``section.*`` for a larger one."""
+    from importlib.resources import files
+
+    from ..layout import yaml_load
+
+    root = yaml_load(files("bsstudy.conf").joinpath("config.yaml").read_text())
+    out = []
+    for k, v in root.items():
+        if k == "defaults":  # the group selections, listed apart
+            continue
+        if isinstance(v, dict):
+            out.append(f"{k}.{next(iter(v))}" if len(v) == 1 else f"{k}.*")
+        else:
+            out.append(k)
+    return tuple(out)
 
 
 def _epilog() -> str:
@@ -15,7 +31,7 @@ def _epilog() -> str:
 
     groups = "\n".join(f"  {g}={{{','.join(group_options(g))}}}" for g in CONF_GROUPS)
     return (f"config groups:\n{groups}\n"
-            f"top-level keys: {', '.join(TOP_KEYS)}\n"
+            f"top-level keys: {', '.join(top_keys())}\n"
             "any key of a group can be set too, e.g. method.loss.variance=c4 optim.warmup_epochs=2\n"
             "example: bsstudy train method=vicreg batch_size=256 epochs=5 dataset.train_subset=10000 out=runs/x")
 
@@ -38,19 +54,20 @@ def prepare_run_dir(overrides: list[str]) -> Path:
 
     from ..config import canonical_json, cell_config, load_run_config
     from ..io import atomic_write_text
+    from ..layout import RunPaths, yaml_dump
 
     cfg = cell_config(overrides, source="train")
     if cfg.out is None:
         raise UserError("out=DIR is required (the run directory)")
     out = Path(str(cfg.out))
-    path = out / "config.yaml"
+    path = RunPaths(out).config
     if path.exists():
         old = load_run_config(path)
         if canonical_json(old) != canonical_json(cfg):
             raise UserError(f"{out} holds a run with a different config; choose another out=")
         return out
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, OmegaConf.to_yaml(cfg))
+    atomic_write_text(path, yaml_dump(OmegaConf.to_container(cfg, resolve=True)))  # = the planner's format
     return out
 
 
@@ -60,8 +77,10 @@ def _main(args: argparse.Namespace) -> int:
     if args.run_dir is not None:
         if args.overrides:
             raise UserError("--run-dir takes no key=value overrides (the cell's config.yaml is used as is)")
+        from ..layout import RunPaths
+
         run_dir = args.run_dir
-        if not (run_dir / "config.yaml").exists():
+        if not RunPaths(run_dir).config.exists():
             raise UserError(f"{run_dir}: no config.yaml (plan the cell first, or use key=value ... out=DIR)")
     else:
         run_dir = prepare_run_dir(list(args.overrides))
