@@ -19,7 +19,7 @@ VERBS = {
     "status": "bsstudy.sweep.cli",
     "report": "bsstudy.report.cli",
     "train": "bsstudy.train.cli",
-    "bias": "bsstudy.bias",
+    "bias": "bsstudy.bias.cli",
 }
 
 

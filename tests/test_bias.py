@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from bsstudy.bias import Settings, check, measure_all
-from bsstudy.biaslib import engine, stats
+from bsstudy.bias import measure, stats
+from bsstudy.bias.cli import Settings, check
+from bsstudy.bias.measure import MeasuredObjective, measure_all
 from bsstudy.errors import UserError
 
 
@@ -72,7 +73,7 @@ def test_jackknife_matches_brute_force_delete_one() -> None:
         stats.jackknife_u_offdiag(gram[:2, :2])
 
 
-def test_summarize_noise_decomposition() -> None:
+def test_group_error_summary_noise_decomposition() -> None:
     """U = ‖D̄‖² − tr Ĉov/K, the raw error has the noise floor, per-batch noise = m × group variance."""
     rng = np.random.default_rng(1)
     k, m, p = 8, 4, 500
@@ -80,7 +81,7 @@ def test_summarize_noise_decomposition() -> None:
     bias[0] = 0.5
     d = bias + rng.standard_normal((k, p)) * 0.2
     g = np.ones(p)
-    s = stats.summarize(d @ d.T, d @ g, float(g @ g), m)
+    s = stats.summarize_group_errors(d @ d.T, d @ g, float(g @ g), m)
     dbar = d.mean(0)
     within = ((d - dbar) ** 2).sum() / (k - 1)
     norm = math.sqrt(p)
@@ -105,20 +106,20 @@ def test_ci_coverage_of_known_bias() -> None:
         for _ in range(trials):
             scales = np.where(np.arange(p) < 5, 8.0, 1.0)
             d = b + 0.05 * scales * rng.standard_normal((k, p))
-            s = stats.summarize(d @ d.T, d @ np.ones(p), float(p), 4)
+            s = stats.summarize_group_errors(d @ d.T, d @ np.ones(p), float(p), 4)
             truth = np.linalg.norm(b) / math.sqrt(p)
             hits += s["rel_bias_ci_low"] - 1e-12 <= truth <= s["rel_bias_ci_high"] + 1e-12
         assert 0.90 <= hits / trials <= 1.0, (b0, hits / trials)
 
 
-# ------------------------------------------------------------------------------ J^T and the engine
+# ------------------------------------------------------------------------- J^T and the measurement
 def test_batch_indices_are_simple_random_samples() -> None:
-    idx = engine.batch_indices(50, 10, 2000, seed=3)
+    idx = measure.batch_indices(50, 10, 2000, seed=3)
     assert idx.shape == (2000, 10)
     assert all(len(set(r.tolist())) == 10 for r in idx[:100])  # no repeats inside a batch
     freq = torch.bincount(idx.reshape(-1), minlength=50).double() / 2000
     assert torch.allclose(freq, torch.full((50,), 0.2, dtype=torch.float64), atol=0.03)
-    assert torch.equal(idx, engine.batch_indices(50, 10, 2000, seed=3))
+    assert torch.equal(idx, measure.batch_indices(50, 10, 2000, seed=3))
 
 
 class _Net(torch.nn.Module):
@@ -147,7 +148,7 @@ def test_module_jt_equals_direct_parameter_gradient() -> None:
     """J^T (scattered embedding gradient) equals autograd through the network, for the pool and a batch."""
     net, x1, x2 = _tiny_net_pool()
     params = list(net.parameters())
-    jt = engine.ModuleJT(net, params, x1, x2, chunk=7)
+    jt = measure.ModuleJT(net, params, x1, x2, chunk=7)
     loss = lambda a, b: u_offdiag(a) + u_offdiag(b) + ((a - b) ** 2).mean()  # noqa: E731
     ix = torch.tensor([3, 17, 5, 30, 22, 9])
     with torch.no_grad():
@@ -173,9 +174,9 @@ def test_recovers_injected_bias_in_embedding_and_parameter_space() -> None:
     z1, z2 = gaussian_pool(n, d, seed=5)
     g = torch.Generator().manual_seed(6)
     v = torch.randn(n, d, generator=g, dtype=torch.float64)
-    obj = engine.Objective("injected", "-", Injected(v, z1, c=2.0))
-    rows, _ = measure_all([obj], z1, z2, engine.identity_jt, [8, 32], 320, 8, seed=7, progress=False)
-    g_star = engine.pool_target(obj, z1, z2).grad
+    obj = MeasuredObjective("injected", "-", Injected(v, z1, c=2.0))
+    rows, _ = measure_all([obj], z1, z2, measure.identity_jt, [8, 32], 320, 8, seed=7, progress=False)
+    g_star = measure.pool_target(obj, z1, z2).grad
     for r in rows:
         b = r["batch_size"]
         truth = 2.0 * (1 / b - 1 / n) * v.norm().item() / g_star.norm().item()
@@ -184,8 +185,8 @@ def test_recovers_injected_bias_in_embedding_and_parameter_space() -> None:
             assert r[f"{pre}rel_bias"] == pytest.approx(truth, rel=0.35)
             assert r[f"{pre}rel_bias_ci_low"] > 0  # resolved, not just "consistent with anything"
     # the same without the injected term: the U-statistic alone is unbiased, CI covers 0
-    clean = engine.Objective("u", "-", lambda a, b_: SimpleNamespace(loss=u_offdiag(a) + u_offdiag(b_), terms={}))
-    rows, _ = measure_all([clean], z1, z2, engine.identity_jt, [8, 32], 320, 8, seed=7, progress=False)
+    clean = MeasuredObjective("u", "-", lambda a, b_: SimpleNamespace(loss=u_offdiag(a) + u_offdiag(b_), terms={}))
+    rows, _ = measure_all([clean], z1, z2, measure.identity_jt, [8, 32], 320, 8, seed=7, progress=False)
     for r in rows:
         assert r["rel_bias_ci_low"] == 0.0 and r["rel_bias_sq"] - 2.4 * r["rel_bias_sq_se"] < 0
 
@@ -195,11 +196,11 @@ def test_parameter_space_through_network_recovers_known_bias() -> None:
     net, x1, x2 = _tiny_net_pool(n=64)
     with torch.no_grad():
         z1, z2 = net(x1), net(x2)
-    jt = engine.ModuleJT(net, list(net.parameters()), x1, x2, chunk=32)
+    jt = measure.ModuleJT(net, list(net.parameters()), x1, x2, chunk=32)
     v = torch.randn(64, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    obj = engine.Objective("injected", "-", Injected(v, z1, c=3.0))
+    obj = MeasuredObjective("injected", "-", Injected(v, z1, c=3.0))
     rows, _ = measure_all([obj], z1, z2, jt, [8], 400, 8, seed=9, progress=False)
-    g_star = jt(engine.pool_target(obj, z1, z2).grad.unsqueeze(0))[0].double()
+    g_star = jt(measure.pool_target(obj, z1, z2).grad.unsqueeze(0))[0].double()
     ct = torch.zeros(1, 64, 8, dtype=torch.float64)
     ct[0, :, :4] = 3.0 * (1 / 8 - 1 / 64) * v
     truth = (jt(ct)[0].double().norm() / g_star.norm()).item()
@@ -216,7 +217,7 @@ def _cov_only(name: str, **extra):
     if name == "vicreg_unbiased":
         params.update(cov_target="offdiag", variance="jackknife", ema_beta=0.9)
     params.update(extra)
-    return engine.Objective(name, "-", build_objective(name, **params))
+    return MeasuredObjective(name, "-", build_objective(name, **params))
 
 
 @pytest.mark.slow
@@ -226,7 +227,7 @@ def test_covariance_only_unbiased_vs_plugin_on_gaussian_embeddings() -> None:
     z1, z2 = gaussian_pool(n, d, seed=10)
     objs = [_cov_only("vicreg_unbiased"), _cov_only("vicreg")]
     objs[0].scheme, objs[1].scheme = "u", "plug"  # distinct labels
-    rows, _ = measure_all(objs, z1, z2, engine.identity_jt, [8, 32, 128], 256, 8, seed=12, progress=False)
+    rows, _ = measure_all(objs, z1, z2, measure.identity_jt, [8, 32, 128], 256, 8, seed=12, progress=False)
     for r in _rows(rows, objective="vicreg_unbiased"):
         assert r["rel_bias_ci_low"] == 0.0, r  # consistent with zero bias
         assert r["rel_bias_ci_high"] < _rows(rows, objective="vicreg", batch_size=r["batch_size"])[0]["rel_bias"]
@@ -268,6 +269,109 @@ def test_cli_rejects_bad_input(capsys: pytest.CaptureFixture) -> None:
     assert "unknown name 'median'" in capsys.readouterr().err
 
 
+
+def test_cli_lists_come_from_the_registry(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """--schemes all = the registry's variance schemes; --objectives accepts every registered method."""
+    from bsstudy import registry
+    from bsstudy.bias import cli as bias_cli
+    from bsstudy.cli import main
+
+    seen = []
+
+    def fake_run(s: Settings, progress: bool = True):
+        seen.append(s)
+        raise UserError("stopped before measuring")
+
+    monkeypatch.setattr(bias_cli, "run", fake_run)
+    names = ",".join(registry.method_names())
+    assert main(["bias", "--schemes", "all", "--objectives", names, "--quiet"]) == 2
+    assert "stopped before measuring" in capsys.readouterr().err
+    assert seen[0].schemes == list(registry.variance_schemes())
+    assert seen[0].objectives == list(registry.method_names())
+    assert main(["bias"]) == 2  # the defaults: a subset of the registry, in their own order
+    assert seen[1].objectives == ["vicreg", "vicreg_unbiased", "simclr"]
+    assert seen[1].schemes == ["jackknife", "plugin"]
+
+
+def test_bad_device_is_a_user_error_naming_the_flag() -> None:
+    from bsstudy.bias.cli import run
+
+    with pytest.raises(UserError, match="^--device: unknown device 'gpu7'"):
+        run(Settings(device="gpu7", pool=64, batch_sizes=[8], repeats=6, groups=3), progress=False)
+
+
+def test_labels_are_the_registry_spelling() -> None:
+    from bsstudy.registry import method_label
+
+    fn = lambda a, b: SimpleNamespace(loss=(a * b).sum(), terms={})  # noqa: E731
+    assert MeasuredObjective("vicreg", "-", fn).label == method_label("vicreg") == "vicreg"
+    assert (MeasuredObjective("vicreg_unbiased", "c4", fn).label == method_label("vicreg_unbiased", "c4")
+            == "vicreg_unbiased[c4]")
+
+
+# ------------------------------------------------------------------------------------------ figure
+def _bias_table() -> "pd.DataFrame":
+    """bias.csv-like rows: 'a' resolved at both B, 'b' resolved at B=8 only (CI reaches 0 at B=32)."""
+    import pandas as pd
+
+    rows = []
+    for lab, vals in (("a", [(0.5, 0.3, 0.7), (0.2, 0.1, 0.3)]), ("b", [(0.4, 0.1, 0.6), (0.05, 0.0, 0.2)])):
+        for b, (v, lo, hi) in zip((8, 32), vals):
+            rows.append(dict(label=lab, batch_size=b, rel_bias=v, rel_bias_ci_low=lo, rel_bias_ci_high=hi,
+                             noise_floor=0.1, emb_rel_bias=v, emb_rel_bias_ci_low=lo, emb_rel_bias_ci_high=hi,
+                             emb_noise_floor=0.1))
+    return pd.DataFrame(rows)
+
+
+def test_resolved_rule() -> None:
+    from bsstudy.bias.outputs import bias_resolved
+
+    est = np.array([0.5, 0.5, 0.0, np.nan, 0.5, -0.1])
+    lo = np.array([0.1, 0.0, 0.0, np.nan, np.nan, np.nan])
+    assert bias_resolved(est, lo).tolist() == [True, False, False, False, True, False]
+
+
+def test_bias_figure_series_bounds_and_noise_floor() -> None:
+    import matplotlib.pyplot as plt
+
+    from bsstudy.bias.outputs import draw_bias_figure
+
+    fig, dropped = draw_bias_figure(_bias_table(), title="t")
+    assert dropped == 0 and len(fig.axes) == 2  # parameter and embedding panels
+    for ax in fig.axes:
+        lines = {ln.get_label(): ln for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+        assert sorted(lines) == ["a", "b", "b (CI covers 0: upper bound)"]
+        assert list(lines["a"].get_xdata()) == [8, 32] and list(lines["b"].get_xdata()) == [8]
+        assert list(lines["b (CI covers 0: upper bound)"].get_ydata()) == [0.2]  # the CI's upper end
+        assert sum(ln.get_linestyle() == ":" for ln in ax.get_lines()) == 2  # one noise floor per series
+        assert ax.get_yscale() == "log"
+        # 'a': a CI band over B = 8, 32; 'b' has one resolved point: an error bar (a band would have no width)
+        assert len(ax.collections) == 2 and len(ax.containers) == 1
+    plt.close(fig)
+    # without a positive upper end a point is neither an estimate nor a bound
+    t = _bias_table()
+    t.loc[3, "rel_bias_ci_high"] = 0.0
+    fig, dropped = draw_bias_figure(t)
+    assert dropped == 1
+    plt.close(fig)
+
+
+def test_report_draws_the_same_bias_figure() -> None:
+    """report.figures.fig_bias is draw_bias_figure on the study's bias.csv (same series, same points)."""
+    import matplotlib.pyplot as plt
+
+    from bsstudy.bias.outputs import draw_bias_figure
+    from bsstudy.report.figures import fig_bias
+
+    def series(fig):
+        return [[(ln.get_label(), list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()]
+                for ax in fig.axes]
+
+    (ours, d1), (report, d2) = draw_bias_figure(_bias_table()), fig_bias(_bias_table())
+    assert series(ours) == series(report) and d1 == d2
+    plt.close(ours)
+    plt.close(report)
+
 class _EmaScaled:
     """A stateful test objective: Σ_i Var_i(z1)/ema_i with ema an EMA of past batch variances."""
 
@@ -292,9 +396,9 @@ class _EmaScaled:
 def test_stateful_objective_is_warmed_on_the_pool_and_frozen() -> None:
     n, d = 256, 3
     z1, z2 = gaussian_pool(n, d, seed=12)
-    obj = engine.Objective("ema_test", "x", _EmaScaled(d))
+    obj = MeasuredObjective("ema_test", "x", _EmaScaled(d))
     obj.notes["params"] = {"ema_beta": 0.9}
-    rows, notes = measure_all([obj], z1, z2, engine.identity_jt, [8, 32], 64, 8, seed=13, warm_chunk=64, progress=False)
+    rows, notes = measure_all([obj], z1, z2, measure.identity_jt, [8, 32], 64, 8, seed=13, warm_chunk=64, progress=False)
     assert notes["ema_test[x]"]["stateful"] and notes["ema_test[x]"]["warm_calls"] == 100
     assert torch.allclose(obj.state["ema"], z1.var(0), rtol=0.25)  # near the pool variance, not the init 1
     # the frozen state makes the loss linear in an unbiased variance: no bias; an unfrozen EMA would
@@ -316,8 +420,9 @@ def test_end_to_end_on_fashion_mnist_and_from_checkpoint(tmp_path) -> None:
     import pandas as pd
     from omegaconf import OmegaConf
 
-    from bsstudy.bias import CSV_COLUMNS, run
-    from bsstudy.biaslib import network
+    from bsstudy.bias import network
+    from bsstudy.bias.cli import run
+    from bsstudy.bias.outputs import CSV_COLUMNS
     from bsstudy.config import compose
 
     s = Settings(overrides=TINY, out=str(tmp_path / "rand"), batch_sizes=[8, 16], repeats=6, groups=3, pool=64,

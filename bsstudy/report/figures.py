@@ -219,40 +219,16 @@ def bias_dropped(bias: pd.DataFrame) -> int:
 
 
 def fig_bias(bias: pd.DataFrame) -> tuple[Figure, int]:
-    """Relative gradient bias vs batch size (log-log), one series per objective/scheme: estimates whose CI
-    excludes 0 as filled markers with a CI band; estimates consistent with 0 as open triangles at the CI's
-    upper end (an upper bound). Returns (figure, number of points with neither a value nor a bound)."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    val, lo, hi = bias_columns(bias)
-    labels = bias_label(bias)
-    dropped = 0
-    for i, lab in enumerate(sorted(labels.unique())):
-        c = PALETTE[i % len(PALETTE)]
-        g = bias[labels == lab].sort_values("batch_size")
-        y = pd.to_numeric(g[val], errors="coerce").to_numpy(dtype=float)
-        x = g["batch_size"].to_numpy(dtype=float)
-        yl = pd.to_numeric(g[lo], errors="coerce").to_numpy(dtype=float) if lo else np.full_like(y, np.nan)
-        yh = pd.to_numeric(g[hi], errors="coerce").to_numpy(dtype=float) if hi else np.full_like(y, np.nan)
-        resolved = np.isfinite(y) & (y > 0) & ~(np.isfinite(yl) & (yl <= 0))
-        bound = ~resolved & np.isfinite(yh) & (yh > 0)
-        dropped += int((~resolved & ~bound).sum())
-        if resolved.any():
-            ax.plot(x[resolved], y[resolved], marker="o", color=c, label=lab)
-        band = resolved & np.isfinite(yl) & np.isfinite(yh)
-        if band.any():
-            ax.fill_between(x[band], yl[band], yh[band], color=c, alpha=0.15, linewidth=0)
-        if bound.any():
-            ax.plot(x[bound], yh[bound], linestyle="none", marker="v", markerfacecolor="none", color=c,
-                    label=f"{lab} (CI covers 0: upper bound)")
-    ax.set_yscale("log")
-    _log2_axis(ax, bias["batch_size"])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("relative gradient bias")
-    ax.set_title("gradient bias vs batch size (bsstudy bias)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower left")
-    _layout(fig)
-    return fig, dropped
+    """The bias figure of ``bsstudy bias`` (:func:`bsstudy.bias.outputs.draw_bias_figure`, one panel per
+    gradient space, the resolved rule of docs/bias.md) drawn from the study's bias.csv, whose label and CI
+    columns are read as :func:`bias_label` / :func:`bias_columns` do. Returns (figure, number of points
+    with neither a value nor a bound)."""
+    from ..bias.outputs import draw_bias_figure
+
+    _, lo, hi = bias_columns(bias)
+    table = bias.assign(label=bias_label(bias)).rename(
+        columns={c: name for c, name in ((lo, "rel_bias_ci_low"), (hi, "rel_bias_ci_high")) if c})
+    return draw_bias_figure(table, title="gradient bias vs batch size (bsstudy bias)")
 
 
 def _curve_cells(runs: pd.DataFrame, curves: pd.DataFrame, max_cells: int):

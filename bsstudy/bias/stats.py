@@ -39,7 +39,7 @@ def jackknife_u_offdiag(gram: np.ndarray) -> tuple[float, float]:
     return float(u), se
 
 
-def summarize(
+def summarize_group_errors(
     gram: np.ndarray,
     cross: np.ndarray,
     target_sq: float,

@@ -9,23 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
-from .engine import ModuleJT, Objective, state_of
-
-SCHEMES = ("jackknife", "jackknife_ema_gate", "ema", "c4", "plugin")
-OBJECTIVES = ("vicreg", "vicreg_unbiased", "simclr")
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` → cuda when available, else cpu; otherwise the named device (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return dev
+from .measure import MeasuredObjective, ModuleJT, state_of
 
 
 def run_config(overrides: Sequence[str], checkpoint: str | None) -> tuple[DictConfig, Path | None]:
@@ -183,19 +167,21 @@ def loss_params(cfg: DictConfig, name: str) -> dict:
     return dict(OmegaConf.to_container(src, resolve=True))
 
 
-def build_objectives(cfg: DictConfig, names: Sequence[str], schemes: Sequence[str]) -> list[Objective]:
-    """One ``Objective`` per name, and one per variance scheme for vicreg_unbiased."""
+def build_objectives(cfg: DictConfig, names: Sequence[str], schemes: Sequence[str]) -> list[MeasuredObjective]:
+    """One ``MeasuredObjective`` per name, and one per variance scheme for a method with a ``variance``
+    choice in the registry (vicreg_unbiased); scheme ``-`` for the others."""
     from ..objectives import build_objective
+    from ..registry import method_spec
 
     out = []
     for name in names:
         params = loss_params(cfg, name)
-        if name == "vicreg_unbiased":
+        if "variance" in method_spec(name, source="--objectives").choices:
             for s in schemes:
                 p = dict(params, variance=s)
-                out.append(Objective(name, s, build_objective(name, **p), notes={"params": p}))
+                out.append(MeasuredObjective(name, s, build_objective(name, **p), notes={"params": p}))
         else:
-            out.append(Objective(name, "-", build_objective(name, **params), notes={"params": params}))
+            out.append(MeasuredObjective(name, "-", build_objective(name, **params), notes={"params": params}))
     for o in out:
         o.notes["stateful"] = bool(state_of(o.loss_fn))
     return out

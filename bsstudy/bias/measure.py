@@ -1,15 +1,17 @@
-"""Measurement engine: batches from a fixed pool, group-mean gradient errors, Jacobian-transpose pushes.
+"""Measurement: batches from a fixed pool, group-mean gradient errors, Jacobian-transpose pushes.
 
 The network is frozen, so an objective's minibatch gradient w.r.t. the parameters is J^T G_B, where
 G_B ∈ R^{N×2d} is the gradient of the batch loss w.r.t. the pool embeddings (zero outside the batch
 rows) and J the Jacobian of the pool embeddings w.r.t. the parameters. By linearity the mean of R
 parameter gradients is J^T (mean of the G_B): one backward per group mean, none per batch.
 Nothing here knows about images: a ``JacobianT`` maps K cotangents (K, N, 2d) to (K, P).
+``measure_all`` is the entry point (every objective × batch size); ``measure_cell`` one cell.
 """
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -17,6 +19,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import torch
 
+from ..registry import method_label
 from . import stats
 
 
@@ -94,8 +97,10 @@ def batch_indices(n_pool: int, batch_size: int, repeats: int, seed: int) -> torc
 
 
 @dataclass
-class Objective:
-    """One objective to measure: a loss function of (z1, z2) and, when stateful, its frozen state."""
+class MeasuredObjective:
+    """One objective under measurement: a loss function of (z1, z2) and, when stateful, its frozen state.
+
+    (Not ``bsstudy.objectives.Objective``, the loss module base class: this wraps any loss callable.)"""
 
     objective: str  # registry name (vicreg, vicreg_unbiased, simclr, or a test objective)
     scheme: str  # variance scheme of vicreg_unbiased; "-" otherwise
@@ -105,7 +110,8 @@ class Objective:
 
     @property
     def label(self) -> str:
-        return self.objective if self.scheme == "-" else f"{self.objective}[{self.scheme}]"
+        """The objective's label in bias.csv: ``name`` or ``name[scheme]`` (``bsstudy.registry.method_label``)."""
+        return method_label(self.objective, "" if self.scheme == "-" else self.scheme)
 
     def __call__(self, z1: torch.Tensor, z2: torch.Tensor) -> Any:
         if self.state is not None:
@@ -119,7 +125,9 @@ def state_of(loss_fn: Any) -> dict:
     return copy.deepcopy(sd()) if callable(sd) else {}
 
 
-def _loss_and_grad(obj: Objective, z1: torch.Tensor, z2: torch.Tensor) -> tuple[float, dict, torch.Tensor, torch.Tensor]:
+def _loss_and_grad(
+    obj: MeasuredObjective, z1: torch.Tensor, z2: torch.Tensor
+) -> tuple[float, dict, torch.Tensor, torch.Tensor]:
     a = z1.detach().clone().requires_grad_(True)
     b = z2.detach().clone().requires_grad_(True)
     with torch.enable_grad():
@@ -140,14 +148,14 @@ class Target:
     grad: torch.Tensor
 
 
-def pool_target(obj: Objective, z1: torch.Tensor, z2: torch.Tensor) -> Target:
+def pool_target(obj: MeasuredObjective, z1: torch.Tensor, z2: torch.Tensor) -> Target:
     """Each objective's own estimator on the whole pool: the target its minibatch versions aim at."""
     loss, terms, ga, gb = _loss_and_grad(obj, z1, z2)
     return Target(loss, terms, torch.cat([ga, gb], dim=1))
 
 
-def measure(
-    obj: Objective,
+def measure_cell(
+    obj: MeasuredObjective,
     z1: torch.Tensor,
     z2: torch.Tensor,
     indices: torch.Tensor,
@@ -193,7 +201,7 @@ def measure(
     e_gram = gram64(err)
     e_cross = gram64(err, g_star)[:, 0]
     e_tsq = float(gram64(g_star)[0, 0])
-    emb = stats.summarize(e_gram, e_cross, e_tsq, m, level)
+    emb = stats.summarize_group_errors(e_gram, e_cross, e_tsq, m, level)
     mean_sq = e_tsq + 2.0 * float(e_cross.mean()) + float(e_gram.sum()) / k**2  # ‖mean of all R‖²
     per_batch_var = max((sq_sum - r_total * mean_sq) / (r_total - 1), 0.0)
     emb["rel_noise"] = math.sqrt(per_batch_var) / math.sqrt(e_tsq) if e_tsq > 0 else float("nan")
@@ -208,7 +216,7 @@ def measure(
         p_gram = gram64(d_par)
         p_cross = gram64(d_par, target_param.reshape(1, -1))[:, 0]
         p_tsq = float(gram64(target_param.reshape(1, -1))[0, 0])
-        row.update(stats.summarize(p_gram, p_cross, p_tsq, m, level))
+        row.update(stats.summarize_group_errors(p_gram, p_cross, p_tsq, m, level))
     else:
         del acc
     t_par = time.perf_counter()
@@ -240,7 +248,7 @@ def measure(
 
 
 def warm_state(
-    obj: Objective,
+    obj: MeasuredObjective,
     z1: torch.Tensor,
     z2: torch.Tensor,
     chunk: int,
@@ -287,3 +295,57 @@ def warm_state(
 def _flat_state(sd: dict) -> torch.Tensor:
     parts = [v.detach().double().reshape(-1).cpu() for v in sd.values() if torch.is_tensor(v) and v.is_floating_point()]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+def measure_all(
+    objectives: Sequence[MeasuredObjective],
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    jt: JacobianT | None,
+    batch_sizes: Sequence[int],
+    repeats: int,
+    groups: int,
+    seed: int,
+    level: float = 0.95,
+    warm_chunk: int = 512,
+    progress: bool = True,
+) -> tuple[list[dict], dict]:
+    """Measure every objective at every batch size on pool embeddings (z1, z2) with J^T operator ``jt``
+    (None: embedding space only). Network-agnostic, so tests drive it with synthetic embeddings.
+
+    Returns (rows, notes): rows as in bias.csv plus ``terms_bias``; notes per objective label.
+    """
+    from tqdm import tqdm
+
+    n = z1.shape[0]
+    notes: dict[str, dict] = {}
+    targets = {}
+    for obj in objectives:
+        # stateful schemes: EMA warmed on the pool, then frozen (every batch sees the same state)
+        beta = obj.notes.get("params", {}).get("ema_beta")
+        # enough calls that the initial state is forgotten: beta^calls = e^-10
+        calls = math.ceil(10.0 / (1.0 - float(beta)) - 1e-9) if beta is not None and 0 < float(beta) < 1 else 200
+        notes[obj.label] = dict(obj.notes, **warm_state(obj, z1, z2, warm_chunk, calls, seed))
+        targets[obj.label] = pool_target(obj, z1, z2)
+    target_param = {}
+    if jt is not None:
+        stack = torch.stack([targets[o.label].grad for o in objectives])
+        pushed = jt(stack)
+        target_param = {o.label: pushed[i] for i, o in enumerate(objectives)}
+        del stack, pushed
+    # same batches for every objective (common random numbers make the comparison sharper)
+    indices = {b: batch_indices(n, b, repeats, seed * 1_000_003 + b) for b in batch_sizes}
+    rows = []
+    bar = tqdm(total=len(objectives) * len(batch_sizes), desc="bias", unit="cell", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    for obj in objectives:
+        t = targets[obj.label]
+        for b in batch_sizes:
+            bar.set_postfix_str(f"{obj.label} B={b}")
+            row = measure_cell(obj, z1, z2, indices[b], groups, t, target_param.get(obj.label), jt, level)
+            row.update(objective=obj.objective, scheme=obj.scheme, label=obj.label, batch_size=int(b),
+                       repeats=int(repeats), groups=int(groups), pool=int(n))
+            rows.append(row)
+            bar.update(1)
+    bar.close()
+    return rows, notes
