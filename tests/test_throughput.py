@@ -108,3 +108,24 @@ def test_throughput_module_does_not_import_torch():
     code = "import sys, bsstudy.throughput; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow  # ~15 s: two timed batch sizes and a scaled-down evaluation of the small CNN
+@pytest.mark.usefixtures("one_thread")
+def test_bench_write_produces_a_table_the_reader_takes(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_train_throughput as bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = tmp_path / "tp.csv"
+    bench.main(["--write", str(out), "--device", "cpu", "--backbones", "small_cnn", "--batches", "8", "16",
+                "--min-seconds", "0.05", "--max-steps", "2", "--eval-images", "128"])
+    t = load_throughput_table(out)
+    key = model_key(cell_config([]))
+    m = t.models[key]
+    assert list(t.models) == [key] and m.batch_sizes == (8, 16)
+    assert all(v > 0 for v in m.images_per_second) and m.eval_seconds > 0
+    assert (m.device, m.precision, m.method) == ("cpu:1threads", "fp32", "vicreg")
+    assert min(m.images_per_second) <= images_per_second(t, key, 12) <= max(m.images_per_second)
+    assert f"wrote {out} (2 rows)" in capsys.readouterr().out
