@@ -78,3 +78,27 @@ def test_compile_with_the_cuda_defaults(bf16, tmp_path):
     assert counters["stats"]["unique_graphs"] >= 1     # the model was compiled, not run eagerly
     # Compiled vs eager bf16: fused kernels round differently (measured 6e-4 relative).
     assert res["final_loss"] == pytest.approx(bf16["final_loss"], rel=1e-2)
+
+
+@pytest.mark.slow  # ~40 s on one CPU core: two tiny trainings, augmentation and throughput sections
+def test_gpu_check_quick_runs_every_section_on_cpu(capsys):
+    """benchmarks/gpu_check.py --quick: what the GPU check runs, end to end, on the CPU."""
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(bench)
+    n = torch.get_num_threads()
+    try:
+        rc = gpu_check.main(["--quick", "--device", "cpu", "--workers", "0", "--no-compile"])
+    finally:
+        torch.set_num_threads(n)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for line in ("ours run_cell", "baseline DL+lightly", "ours / baseline", "augmentation views/s",
+                 "images/s at B=8", "images/s at B=32", "B=32 / B=8 images/s"):
+        assert line in out.split("== gpu_check summary ==")[1], line
+    assert "FAILED" not in out
