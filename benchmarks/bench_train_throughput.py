@@ -33,7 +33,7 @@ from bsstudy.models import SSLModel, build_backbone, build_projector  # noqa: E4
 from bsstudy.objectives import build_objective  # noqa: E402
 from bsstudy.runtime import resolve_device, tune_malloc  # noqa: E402
 from bsstudy.throughput import model_key, write_throughput_table  # noqa: E402
-from bsstudy.train.loop import resolve_precision  # noqa: E402
+from bsstudy.train.setup import resolve_precision  # noqa: E402
 from bsstudy.train.optim import build_optimizer  # noqa: E402
 
 # backbone option -> the dataset whose image shape it is measured on (the study's pairing)

@@ -42,7 +42,7 @@ from bench_train_throughput import device_label, measure  # noqa: E402
 
 from bsstudy.config import cell_config  # noqa: E402
 from bsstudy.runtime import resolve_device, tune_malloc  # noqa: E402
-from bsstudy.train.loop import resolve_precision  # noqa: E402
+from bsstudy.train.setup import resolve_precision  # noqa: E402
 
 RESNET = ["model=resnet18_cifar"]
 TINY_NET = ["model=small_cnn", "model.width=8", "model.feature_dim=64", "method.projector.hidden_dim=128",
