@@ -25,17 +25,21 @@ class MethodSpec:
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # loss parameters that make a different estimator (shown as method[v1,v2] when a study varies them)
     variant_params: tuple[str, ...] = ()
+    title: str = ""                    # how prose names it ("VICReg"); the name when empty
+    # the method whose plug-in (minibatch) estimate this one makes unbiased: the report's reading
+    # compares the two methods' batch-size dependence
+    unbiased_of: str | None = None
 
 
 METHODS: dict[str, MethodSpec] = {
-    "simclr": MethodSpec("simclr", family="contrastive"),
-    "vicreg": MethodSpec("vicreg", family="covariance"),
+    "simclr": MethodSpec("simclr", family="contrastive", title="SimCLR"),
+    "vicreg": MethodSpec("vicreg", family="covariance", title="VICReg"),
     # U-statistics of 4-tuples need n >= 4 rows (shared/ESTIMATORS.md)
     "vicreg_unbiased": MethodSpec(
         "vicreg_unbiased", family="covariance", min_rows=4,
         choices={"variance": ("jackknife", "jackknife_ema_gate", "ema", "c4", "plugin"),
                  "cov_target": ("identity", "offdiag")},
-        variant_params=("variance", "cov_target")),
+        variant_params=("variance", "cov_target"), title="unbiased VICReg", unbiased_of="vicreg"),
 }
 
 

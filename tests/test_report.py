@@ -237,7 +237,7 @@ def test_cli_formats_and_default_out(tmp_path, monkeypatch):
 
 
 def test_variants_get_their_own_label_and_reading_says_when_a_method_does_badly(tmp_path):
-    from bsstudy.report.build import reading
+    from bsstudy.report.reading import reading
 
     def acc(method, b, e, seed):
         return (0.5 if method == "simclr" else 0.85) + 0.001 * seed, 0.8
@@ -261,7 +261,7 @@ def test_variants_get_their_own_label_and_reading_says_when_a_method_does_badly(
 def test_untrained_baseline_table_and_reading(tmp_path):
     """eval.at_init results: one value per seed (not per run) in the baseline, hand-computed t-CI; the
     reading names the method that does not beat the untrained network."""
-    from bsstudy.report.build import build_report, reading
+    from bsstudy.report.reading import reading
     from bsstudy.report.tables import init_baseline
 
     def acc(method, b, e, seed):
@@ -290,3 +290,72 @@ def test_untrained_baseline_table_and_reading(tmp_path):
     # without at_init results there is no baseline section
     write_study(tmp_path / "results" / "plain", ("vicreg",), (64,), (1,), (0, 1))
     assert init_baseline(load_study(tmp_path / "results" / "plain").runs).empty
+
+
+def test_reading_pairs_each_unbiased_method_with_its_plugin_from_the_registry(study, monkeypatch):
+    """Which methods the reading compares comes from MethodSpec.unbiased_of, not from their names: a new
+    registry entry gets the comparison, and a method the registry does not pair gets none."""
+    from bsstudy.registry import METHODS, MethodSpec
+    from bsstudy.report.reading import reading, unbiased_pairs
+
+    assert unbiased_pairs(["simclr", "vicreg", "vicreg_unbiased[jackknife,identity]", "vicreg_unbiased[c4,identity]"]) \
+        == [("vicreg_unbiased[c4,identity]", "vicreg"), ("vicreg_unbiased[jackknife,identity]", "vicreg")]
+    assert unbiased_pairs(["simclr", "vicreg_unbiased"]) == []  # no plug-in counterpart in the study
+    root, _ = study
+    st = load_study(root)
+    summary = summarize(st.runs)
+    text = reading(summary, headline(relative_drop(summary)), st.runs, 0)
+    assert "vicreg_unbiased's largest drop is" in text and "against VICReg's" in text
+    renamed = summary.replace({"method_label": {"vicreg_unbiased": "toy_unbiased"}})
+    head = headline(relative_drop(renamed))
+    assert "largest drop is" not in reading(renamed, head, st.runs, 0)  # toy_unbiased: not in the registry
+    monkeypatch.setitem(METHODS, "toy_unbiased", MethodSpec("toy_unbiased", family="contrastive",
+                                                            unbiased_of="simclr"))
+    text = reading(renamed, head, st.runs, 0)
+    drops = head[(head.source == "ours") & (head.metric == "linear") & (head.epochs == 5)].set_index("method")
+    assert (f"toy_unbiased's largest drop is {drops.loc['toy_unbiased', 'max_rel_drop_pct']:.1f}% against "
+            f"SimCLR's {drops.loc['simclr', 'max_rel_drop_pct']:.1f}%") in text
+    assert "against VICReg's" not in text
+
+
+def test_report_shows_exactly_the_figure_list(study, report):
+    """report_figures is the one list: report.md shows its figures in its order with its captions, and the
+    figures folder holds one PNG and one PDF per entry; each entry's function is a module-level figure."""
+    import re
+
+    from bsstudy.report.tables import init_baseline
+
+    root, _ = study
+    st = load_study(root)
+    summary = summarize(st.runs)
+    specs = F.report_figures(summary, relative_drop(summary), init_baseline(st.runs), st.runs, st.curves, st.bias, 36)
+    names = [s.name for s in specs]
+    assert len(set(names)) == len(names) == 7 and names[-1] == "gradient_bias"
+    assert all(getattr(F, s.draw.__name__) is s.draw for s in specs)
+    shown = re.findall(r"!\[([^\]]*)\]\(figures/([^)]+)\.png\)", (report / "report.md").read_text())
+    assert shown == [(s.caption, s.name) for s in specs]
+    assert sorted(p.name for p in (report / "figures").iterdir()) == sorted(f"{n}.{x}" for n in names
+                                                                            for x in ("png", "pdf"))
+    few = F.report_figures(summary, relative_drop(summary), init_baseline(st.runs), st.runs, st.curves, None, 6)
+    curves = next(s for s in few if s.name == "training_curves")
+    assert "6 of 18 cells drawn" in curves.caption and "draws 6 of 18 cells (at most 6," in curves.note
+    assert "gradient_bias" not in [s.name for s in few] and not any(s.note for s in specs)
+
+
+def test_provenance_versions_come_from_package_metadata(report):
+    """provenance.json's versions and hardware are bsstudy.provenance's, read without importing torch."""
+    import subprocess
+    import sys
+
+    import pandas
+
+    from bsstudy.provenance import REPORT_PACKAGES, host, package_versions
+
+    versions = package_versions()
+    assert set(versions) <= set(REPORT_PACKAGES) and versions["pandas"] == pandas.__version__
+    prov = json.loads((report / "provenance.json").read_text())
+    assert prov["versions"] == versions
+    assert {k: v for k, v in prov["hardware"].items() if k != "run_devices"} == host()
+    code = "import sys; from bsstudy.provenance import environment; environment(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

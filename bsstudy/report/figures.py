@@ -1,13 +1,18 @@
 """Figures (matplotlib, Agg). Each ``fig_*`` returns a Figure whose Axes carry one labelled series per
 method (tests check them on the objects); :func:`save` writes PNG and PDF with dates stripped so the same
 data gives the same files. Plain matplotlib (seaborn's colorblind palette, hard-coded) keeps a 1,000-run
-report fast: importing seaborn alone costs about a second."""
+report fast: importing seaborn alone costs about a second.
+
+:func:`report_figures` is the one list of the report's figures (:class:`FigureSpec`: file name, drawing
+function and arguments, caption, cost); :func:`start_render` draws such a list in worker processes."""
 from __future__ import annotations
 
 import math
 import multiprocessing
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -61,12 +66,26 @@ def _log2_axis(ax, batch_sizes) -> None:
     ax.minorticks_off()
 
 
-def fig_accuracy(summary: pd.DataFrame, metric: str = "linear_top1", references: bool = True,
+def _lines_with_bands(ax, s: pd.DataFrame, column: str, col: dict, scale: float = 1.0) -> None:
+    """One line per method of summary rows ``s`` (``column``'s mean vs batch size, times ``scale``) with its
+    95% CI band where the CI is defined."""
+    for method, g in s.groupby("method_label", sort=True):
+        g = g.sort_values("batch_size")
+        x = g["batch_size"].to_numpy()
+        y, ci = scale * g[f"{column}_mean"].to_numpy(), scale * g[f"{column}_ci95"].to_numpy()
+        ax.plot(x, y, marker="o", color=col[method], label=method)
+        ok = np.isfinite(ci)
+        if ok.any():
+            ax.fill_between(x[ok], (y - ci)[ok], (y + ci)[ok], color=col[method], alpha=0.2, linewidth=0)
+
+
+def fig_accuracy(summary: pd.DataFrame, column: str = "linear_top1", references: bool = True,
                  baseline: pd.DataFrame | None = None) -> Figure:
-    """Top-1 (%) vs batch size: one panel per epoch budget (one line + 95% CI band per method), then the
-    published reference curves in their own panel (ImageNet: another dataset and scale). ``baseline``
-    (``tables.init_baseline``) adds the untrained network's probe as a dotted line with its CI band."""
-    level = baseline_level(baseline, ACCURACY[metric])
+    """Top-1 (%) of metric column ``column`` vs batch size: one panel per epoch budget (one line + 95% CI
+    band per method), then the published reference curves in their own panel (ImageNet: another dataset
+    and scale). ``baseline`` (``tables.init_baseline``) adds the untrained network's probe as a dotted
+    line with its CI band."""
+    level = baseline_level(baseline, ACCURACY[column])
     base = None if level is None else (100 * level[0], 100 * level[1])
     epochs = sorted(summary["epochs"].unique())
     n = len(epochs) + (1 if references else 0)
@@ -74,13 +93,7 @@ def fig_accuracy(summary: pd.DataFrame, metric: str = "linear_top1", references:
     col = colors(summary["method_label"].unique())
     for ax, e in zip(axes[0], epochs):
         s = summary[summary["epochs"] == e]
-        for method, g in s.groupby("method_label", sort=True):
-            g = g.sort_values("batch_size")
-            x, y, ci = g["batch_size"].to_numpy(), 100 * g[f"{metric}_mean"].to_numpy(), 100 * g[f"{metric}_ci95"].to_numpy()
-            ax.plot(x, y, marker="o", color=col[method], label=method)
-            ok = np.isfinite(ci)
-            if ok.any():
-                ax.fill_between(x[ok], (y - ci)[ok], (y + ci)[ok], color=col[method], alpha=0.2, linewidth=0)
+        _lines_with_bands(ax, s, column, col, scale=100)
         if base is not None:
             ax.axhline(base[0], color="0.35", linestyle=":", label="untrained network")
             if np.isfinite(base[1]):
@@ -88,7 +101,7 @@ def fig_accuracy(summary: pd.DataFrame, metric: str = "linear_top1", references:
         _log2_axis(ax, s["batch_size"])
         ax.set_title(f"ours, {e} epochs")
         ax.set_xlabel("batch size")
-        ax.set_ylabel(f"{ACCURACY[metric]} top-1 (%)")
+        ax.set_ylabel(f"{ACCURACY[column]} top-1 (%)")
         ax.grid(alpha=0.3)
         if ax is axes[0][0]:  # same colours in every panel: one legend (legends are costly to draw)
             ax.legend(fontsize=8, loc="lower center")
@@ -109,11 +122,12 @@ def fig_accuracy(summary: pd.DataFrame, metric: str = "linear_top1", references:
     return fig
 
 
-def fig_relative_drop(drop: pd.DataFrame, metric: str = "linear_top1") -> Figure:
-    """Relative drop (%) from each method's best batch size: ours at the largest epoch budget (solid)
-    and the published curves (dashed), on one axis; this is how ours and the references are compared."""
+def fig_relative_drop(drop: pd.DataFrame, column: str = "linear_top1") -> Figure:
+    """Relative drop (%) of metric column ``column`` from each method's best batch size: ours at the
+    largest epoch budget (solid) and the published curves (dashed), on one axis; this is how ours and the
+    references are compared."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ours = drop[(drop["source"] == "ours") & (drop["metric"] == metric)]
+    ours = drop[(drop["source"] == "ours") & (drop["metric"] == column)]
     if len(ours):
         e = ours["epochs"].max()
         ours = ours[ours["epochs"] == e]
@@ -127,24 +141,25 @@ def fig_relative_drop(drop: pd.DataFrame, metric: str = "linear_top1") -> Figure
     _log2_axis(ax, drop["batch_size"])
     ax.set_xlabel("batch size")
     ax.set_ylabel("relative drop from best B (%)")
-    ax.set_title(f"{ACCURACY[metric]} top-1: drop from each method's best batch size")
+    ax.set_title(f"{ACCURACY[column]} top-1: drop from each method's best batch size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     _layout(fig)
     return fig
 
 
-def fig_heatmap(summary: pd.DataFrame, metric: str = "linear_top1") -> Figure:
-    """Mean top-1 (%) over batch size x epochs, one panel per method (shared colour scale)."""
+def fig_heatmap(summary: pd.DataFrame, column: str = "linear_top1") -> Figure:
+    """Mean top-1 (%) of metric column ``column`` over batch size x epochs, one panel per method (shared
+    colour scale)."""
     methods = sorted(summary["method_label"].unique())
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods) + 0.8, 3.2), squeeze=False)
-    vals = 100 * summary[f"{metric}_mean"]
+    vals = 100 * summary[f"{column}_mean"]
     vmin, vmax = (np.nanmin(vals), np.nanmax(vals)) if np.isfinite(vals).any() else (0, 100)
     bs, es = sorted(summary["batch_size"].unique()), sorted(summary["epochs"].unique())
     im = None
     for ax, method in zip(axes[0], methods):
         g = summary[summary["method_label"] == method].pivot(index="epochs", columns="batch_size",
-                                                              values=f"{metric}_mean").reindex(index=es, columns=bs)
+                                                              values=f"{column}_mean").reindex(index=es, columns=bs)
         m = 100 * g.to_numpy(dtype=float)
         im = ax.imshow(m, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto", origin="lower")
         if m.size <= 120:  # annotate small grids only (readability and speed)
@@ -161,7 +176,7 @@ def fig_heatmap(summary: pd.DataFrame, metric: str = "linear_top1") -> Figure:
         ax.set_label(method)
     fig.subplots_adjust(left=0.6 / fig.get_size_inches()[0], bottom=0.25, top=0.88, wspace=0.25)
     if im is not None:
-        fig.colorbar(im, ax=axes[0].tolist(), label=f"{ACCURACY[metric]} top-1 (%)")
+        fig.colorbar(im, ax=axes[0].tolist(), label=f"{ACCURACY[column]} top-1 (%)")
     return fig
 
 
@@ -169,20 +184,14 @@ def fig_collapse(summary: pd.DataFrame) -> Figure:
     """Collapse diagnostics vs batch size: effective rank (top row) and mean |corr| (bottom row), one column
     per epoch budget, one line (with 95% CI band) per method."""
     epochs = sorted(summary["epochs"].unique())
-    metrics = [("collapse.effective_rank", "effective rank"), ("collapse.avg_abs_corr", "mean |corr|")]
+    columns = [("collapse.effective_rank", "effective rank"), ("collapse.avg_abs_corr", "mean |corr|")]
     fig, axes = plt.subplots(2, len(epochs), figsize=(4.2 * len(epochs), 6), squeeze=False)
     col = colors(summary["method_label"].unique())
     for j, e in enumerate(epochs):
         s = summary[summary["epochs"] == e]
-        for i, (m, name) in enumerate(metrics):
+        for i, (column, name) in enumerate(columns):
             ax = axes[i][j]
-            for method, g in s.groupby("method_label", sort=True):
-                g = g.sort_values("batch_size")
-                x, y, ci = g["batch_size"].to_numpy(), g[f"{m}_mean"].to_numpy(), g[f"{m}_ci95"].to_numpy()
-                ax.plot(x, y, marker="o", color=col[method], label=method)
-                ok = np.isfinite(ci)
-                if ok.any():
-                    ax.fill_between(x[ok], (y - ci)[ok], (y + ci)[ok], color=col[method], alpha=0.2, linewidth=0)
+            _lines_with_bands(ax, s, column, col)
             _log2_axis(ax, s["batch_size"])
             ax.set_ylabel(name)
             ax.set_xlabel("batch size")
@@ -279,12 +288,71 @@ def fig_curves(runs: pd.DataFrame, curves: pd.DataFrame, max_cells: int = 36) ->
     return fig, len(keep), len(cells)
 
 
-def _render(job: tuple) -> tuple[str, tuple]:
-    name, fn, args, figdir = job
-    res = globals()[fn](*args)
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure of the report. ``draw(*args)`` returns a Figure, or a tuple (Figure, extra values...);
+    it must be a module-level function (worker processes receive it pickled). ``cost``: relative drawing
+    time at 1,000 runs (the costliest are started first so the two workers finish together).
+    ``section``: where the report shows it ("figures", or "bias" for the gradient-bias section); ``note``:
+    a paragraph the report adds after that section's figures (what this one leaves out), if any."""
+
+    name: str                   # figures/<name>.png and .pdf
+    draw: Callable
+    args: tuple
+    caption: str
+    cost: int = 0
+    section: str = "figures"
+    note: str = ""
+
+
+CURVE_COLUMNS = ["run_id", "status", "method_label", "batch_size", "epochs"]  # what fig_curves reads of runs
+
+
+def report_figures(summary: pd.DataFrame, drop: pd.DataFrame, base: pd.DataFrame, runs: pd.DataFrame,
+                   curves: pd.DataFrame, bias: pd.DataFrame | None, max_curve_cells: int) -> list[FigureSpec]:
+    """The report's figures, in the order it shows them: accuracy per probe that has values, relative
+    drop, heatmap, collapse, training curves, and the gradient bias when the study has bias.csv."""
+    specs = []
+    for column, label in ACCURACY.items():
+        if np.isfinite(summary[f"{column}_mean"]).any():
+            specs.append(FigureSpec(
+                f"accuracy_{label.lower()}", fig_accuracy, (summary, column, True, base),
+                f"{label} top-1 vs batch size (mean and 95% CI band over seeds), one panel per epoch budget"
+                + ("; dotted: the untrained network with the same probe" if baseline_level(base, label) else "")
+                + "; last panel: published ImageNet curves (another scale)", cost=2))
+    hm = "linear_top1" if np.isfinite(summary["linear_top1_mean"]).any() else "knn_top1"
+    specs.append(FigureSpec("relative_drop", fig_relative_drop, (drop, hm),
+                            f"relative drop of {ACCURACY[hm]} top-1 from each method's best batch size: "
+                            "ours (solid, largest epoch budget) vs published linear top-1 (dashed)"))
+    specs.append(FigureSpec("heatmap", fig_heatmap, (summary, hm),
+                            f"mean {ACCURACY[hm]} top-1 (%) over batch size x epochs, per method"))
+    specs.append(FigureSpec("collapse", fig_collapse, (summary,),
+                            "collapse diagnostics vs batch size: effective rank and mean |off-diagonal corr|", cost=3))
+    cells = runs[CURVE_COLUMNS]
+    shown, total = fig_curves_counts(cells, curves, max_curve_cells)
+    specs.append(FigureSpec("training_curves", fig_curves, (cells, curves, max_curve_cells),
+                            "training loss vs epoch, one line per cell (mean over finished seeds); "
+                            f"{shown} of {total} cells drawn", cost=1,
+                            note="" if total <= shown else
+                            f"The training-curve figure draws {shown} of {total} cells (at most {max_curve_cells}, "
+                            "the smallest epoch budgets and batch sizes of each method first) to keep the report "
+                            "fast; every run's metrics.jsonl is in its run directory."))
+    if bias is not None:
+        dropped = bias_dropped(bias)
+        specs.append(FigureSpec("gradient_bias", fig_bias, (bias,),
+                                "relative gradient bias vs batch size (log-log), CI bands", section="bias",
+                                note="" if not dropped else
+                                f"{dropped} non-positive bias estimate(s) (bias below the noise floor) cannot be "
+                                "drawn on the log axis and are left off the figure; they are in the table."))
+    return specs
+
+
+def _render(job: tuple[FigureSpec, Path]) -> tuple[str, tuple]:
+    spec, figdir = job
+    res = spec.draw(*spec.args)
     fig, extra = (res[0], tuple(res[1:])) if isinstance(res, tuple) else (res, ())
-    save(fig, figdir, name)
-    return name, extra
+    save(fig, figdir, spec.name)
+    return spec.name, extra
 
 
 class Rendering:
@@ -318,20 +386,18 @@ class Rendering:
             self._pool.join()
 
 
-def start_render(jobs: list[tuple], figdir: Path) -> Rendering:
-    """Start drawing and saving each ``(name, fig_function_name, args)``; the caller goes on with its own
+def start_render(specs: list[FigureSpec], figdir: Path) -> Rendering:
+    """Start drawing and saving each figure of ``specs`` into ``figdir``; the caller goes on with its own
     work (tables, document) and calls ``.wait()`` before it needs the files.
 
     Uses up to 2 forked worker processes (matplotlib is single-threaded; the figures are most of a
     1,000-run report's time); ``BSSTUDY_REPORT_JOBS=1`` or a platform without fork renders serially in
     ``wait``. The files are the same either way."""
-    work = [(name, fn, args, figdir) for name, fn, args in jobs]
+    work = [(spec, figdir) for spec in specs]
     env = os.environ.get("BSSTUDY_REPORT_JOBS", "")
     n = int(env) if env.isdigit() else min(2, os.cpu_count() or 1)
     if n > 1 and len(work) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        # the costliest figures first, so the two workers finish together
-        order = {"collapse": 0, "accuracy_linear": 1, "accuracy_knn": 2, "training_curves": 3}
-        work.sort(key=lambda w: order.get(w[0], 9))
+        work.sort(key=lambda w: -w[0].cost)  # the costliest first, so the two workers finish together
         pool = multiprocessing.get_context("fork").Pool(min(n, len(work)))
         return Rendering(work, pool, pool.map_async(_render, work, chunksize=1))
     return Rendering(work)
