@@ -17,7 +17,7 @@ from bsstudy.report.build import build_report, parse_formats
 from bsstudy.report.load import load_study
 from bsstudy.report.references import REFERENCES, relative_drops
 from bsstudy.report.synthetic import write_study
-from bsstudy.report.tables import headline, paper_table, relative_drop, summarize
+from bsstudy.report.tables import headline, paper_table, relative_drop, summarize_cells
 
 METHODS = ("simclr", "vicreg", "vicreg_unbiased")
 DIVERGED = ("simclr", 1024, 5, 1)
@@ -127,7 +127,7 @@ def test_headline_relative_drop_and_references(report):
 def test_figures_have_one_series_per_method(study):
     root, _ = study
     st = load_study(root)
-    summary = summarize(st.runs)
+    summary = summarize_cells(st.runs)
     fig = F.fig_accuracy(summary, "linear_top1")
     ours = [ax for ax in fig.axes if ax.get_title().startswith("ours")]
     assert len(ours) == 2  # one facet per epoch budget
@@ -201,7 +201,7 @@ def test_paper_table_marks_cells_without_finished_runs(study):
     root, _ = study
     runs = load_study(root).runs.copy()
     runs.loc[(runs.method == "vicreg") & (runs.batch_size == 64) & (runs.epochs == 2), "status"] = "failed"
-    t = paper_table(summarize(runs), "linear_top1", 2)
+    t = paper_table(summarize_cells(runs), "linear_top1", 2)
     assert t.set_index("method").loc["vicreg", "64"] == "failed"
     one = runs[(runs.seed == 0) | (runs.method != "simclr")]
     t = paper_table(summarize(one), "linear_top1", 5)
@@ -252,7 +252,7 @@ def test_variants_get_their_own_label_and_reading_says_when_a_method_does_badly(
     assert sorted(st.runs.method_label.unique()) == ["simclr", "vicreg", "vicreg_unbiased[c4,identity]",
                                                      "vicreg_unbiased[jackknife,identity]"]
     assert "collapse" not in st.runs.columns and "collapse.effective_rank" in st.runs.columns
-    summary = summarize(st.runs)
+    summary = summarize_cells(st.runs)
     text = reading(summary, headline(relative_drop(summary)), st.runs, 0)
     assert "simclr does badly here" in text and "vicreg does badly" not in text
     assert "vicreg_unbiased[c4,identity]'s largest drop is" in text
@@ -276,7 +276,7 @@ def test_untrained_baseline_table_and_reading(tmp_path):
     lin = base[base.metric == "linear"].iloc[0]
     mean, _, _, ci = _hand([0.79, 0.81, 0.80])      # three seeds, though 12 runs carry the values
     assert lin["n_seeds"] == 3 and lin["mean"] == pytest.approx(mean) and lin["ci95"] == pytest.approx(ci)
-    summary = summarize(st.runs)
+    summary = summarize_cells(st.runs)
     text = reading(summary, headline(relative_drop(summary)), st.runs, 0, base)
     assert "untrained network (random init, same probe) reaches 80.0% ± 2.5" in text
     assert "simclr is not distinguishable from the untrained network" in text
@@ -303,7 +303,7 @@ def test_reading_pairs_each_unbiased_method_with_its_plugin_from_the_registry(st
     assert unbiased_pairs(["simclr", "vicreg_unbiased"]) == []  # no plug-in counterpart in the study
     root, _ = study
     st = load_study(root)
-    summary = summarize(st.runs)
+    summary = summarize_cells(st.runs)
     text = reading(summary, headline(relative_drop(summary)), st.runs, 0)
     assert "vicreg_unbiased's largest drop is" in text and "against VICReg's" in text
     renamed = summary.replace({"method_label": {"vicreg_unbiased": "toy_unbiased"}})
@@ -327,7 +327,7 @@ def test_report_shows_exactly_the_figure_list(study, report):
 
     root, _ = study
     st = load_study(root)
-    summary = summarize(st.runs)
+    summary = summarize_cells(st.runs)
     specs = F.report_figures(summary, relative_drop(summary), init_baseline(st.runs), st.runs, st.curves, st.bias, 36)
     names = [s.name for s in specs]
     assert len(set(names)) == len(names) == 7 and names[-1] == "gradient_bias"

@@ -22,7 +22,7 @@ from .load import Study, load_study, read_config
 from .reading import reading
 from .references import REFERENCES
 from .render import H, Img, P, Pre, Table, Ul, to_html, to_md
-from .tables import (ACCURACY, ci_cell, headline, init_baseline, paper_table, relative_drop, summarize, to_csv,
+from .tables import (ACCURACY, ci_cell, headline, init_baseline, paper_table, relative_drop, summarize_cells, to_csv,
                      to_latex, to_markdown)
 
 FORMATS = ("md", "html", "tex")
@@ -126,7 +126,7 @@ def build_report(study_dir: Path | str, out: Path | str | None = None, formats=F
         f"diverged, {st.get(Status.FAILED, 0)} failed), {len(study.missing)} missing of {len(study.plan)} planned")
 
     # ---- tables
-    summary = summarize(runs)
+    summary = summarize_cells(runs)
     drop = relative_drop(summary)
     head = headline(drop)
     atomic_write_text(out / "runs.csv", to_csv(runs))

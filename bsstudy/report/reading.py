@@ -97,7 +97,7 @@ def reading(summary: pd.DataFrame, head: pd.DataFrame, runs: pd.DataFrame, n_mis
             base: pd.DataFrame | None = None) -> str:
     """One honest paragraph computed from the numbers (largest epoch budget, linear probe if available).
 
-    ``summary`` is ``tables.summarize``'s per-cell table, ``head`` ``tables.headline``'s, ``runs`` the
+    ``summary`` is ``tables.summarize_cells``'s per-cell table, ``head`` ``tables.headline``'s, ``runs`` the
     per-run table (only its ``status`` is read), ``n_missing`` the planned cells without a result and
     ``base`` ``tables.init_baseline``'s table (the untrained network), if any."""
     ours = head[head["source"] == "ours"]

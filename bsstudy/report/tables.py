@@ -67,7 +67,6 @@ def summarize_cells(runs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(KEYS).reset_index(drop=True)
 
 
-summarize = summarize_cells  # former name (report/build.py, tests); bsstudy.biaslib.stats has its own summarize
 
 
 def init_baseline(runs: pd.DataFrame) -> pd.DataFrame:
