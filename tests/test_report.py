@@ -204,9 +204,9 @@ def test_paper_table_marks_cells_without_finished_runs(study):
     t = paper_table(summarize_cells(runs), "linear_top1", 2)
     assert t.set_index("method").loc["vicreg", "64"] == "failed"
     one = runs[(runs.seed == 0) | (runs.method != "simclr")]
-    t = paper_table(summarize(one), "linear_top1", 5)
+    t = paper_table(summarize_cells(one), "linear_top1", 5)
     assert t.set_index("method").loc["simclr", "64"].endswith("(n=1)")
-    assert len(headline(relative_drop(summarize(runs)))) > 0
+    assert len(headline(relative_drop(summarize_cells(runs)))) > 0
 
 
 def test_errors_are_one_line_exit_2(tmp_path, capsys):
