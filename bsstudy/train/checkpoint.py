@@ -178,7 +178,7 @@ def load_checkpoint(ckpt_dir: Path | str, map_location: str | torch.device = "cp
         except UserError:
             raise
         except Exception as exc:  # damaged / truncated / foreign file
-            problems[name] = _first_line(exc)
+            problems[name] = _first_line(exc) if zipfile.is_zipfile(p) else "not a zip archive, as torch.save writes"
             continue
         if problems:
             moved = _set_aside(d / LAST)
