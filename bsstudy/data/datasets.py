@@ -165,8 +165,8 @@ def _check_standard(name: str, path: Path, items: int | None, content: Any, *, s
         return True
     holds = f" and holds its {items} items" if items is not None else ""
     raise UserError(f"{path} is named like the standard {name} file{holds}, but its md5 is {got}, not the "
-                    f"published {want}: the file is damaged or modified; replace it (dataset.download=true "
-                    "fetches the official files), or set BSSTUDY_DATA_VERIFY=0 to use it as it is")
+                    f"published {want}: the file is damaged or modified; replace it with the official one (delete it "
+                    "and set dataset.download=true), or set BSSTUDY_DATA_VERIFY=0 to use it as it is")
 
 
 def _one_line(exc: BaseException) -> str:
