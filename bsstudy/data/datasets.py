@@ -67,7 +67,8 @@ def _cfg(cfg: Any, key: str) -> Any:
 
 
 def cache_dir() -> Path:
-    """Where decompressed files and decoded tensors are cached (``$BSSTUDY_DATA_CACHE`` or ~/.cache/bsstudy)."""
+    """Where downloads (when dataset.root is unset) and decoded tensors are cached (``$BSSTUDY_DATA_CACHE`` or
+    ~/.cache/bsstudy)."""
     env = os.environ.get("BSSTUDY_DATA_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "bsstudy"
 
