@@ -1,12 +1,58 @@
-"""Atomic file writes: a reader never sees a half-written file (temp file in the same dir + os.replace)."""
+"""Atomic file writes: a reader never sees a half-written file (temp file in the same dir + os.replace).
+
+Files get the mode ``open()`` would give them (0o666 minus the umask), not mkstemp's 0o600, and a full
+disk is reported as ``DiskFullError`` naming the file, whatever layer (torch's zip writer) hit it."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from .errors import UserError
+
+_FULL_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+class DiskFullError(UserError, OSError):
+    """A write failed for lack of space (ENOSPC) or quota (EDQUOT). An ``OSError`` (``errno``, ``filename``)
+    and a ``UserError`` (the CLI prints its one line)."""
+
+    def __str__(self) -> str:
+        return f"{self.strerror} while writing {self.filename} (free some space and rerun)"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask is set-and-return)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the set-and-restore window is the best there is
+    os.umask(mask)
+    return mask
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT ``OSError`` behind ``exc``, if any. torch's zip writer swallows the file object's
+    OSError and raises "[enforce fail at inline_container.cc] unexpected pos", with the OSError as context."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return e
+        stack += [e.__cause__, e.__context__]
+    return None
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
@@ -15,15 +61,19 @@ def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
+            os.chmod(tmp, 0o666 & ~current_umask())  # results are shared on clusters: the umask decides, as open()'s
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        full = _disk_full(exc)
+        if full is not None:
+            raise DiskFullError(full.errno, _FULL_ERRNOS[full.errno], str(path)) from exc
         raise
 
 

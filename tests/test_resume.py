@@ -89,11 +89,12 @@ def test_corrupt_last_falls_back_to_previous(tmp_path, one_thread):
     assert torch.load(ck / "previous.pt", weights_only=False)["epoch"] == 1
     (ck / "last.pt").write_bytes(b"\x00garbage, not a zip file")
 
-    with pytest.warns(RuntimeWarning, match="unreadable"):
-        assert load_checkpoint(ck)["epoch"] == 1
-    # the run resumes from previous.pt (epoch 1), recomputes epoch 2 identically, then fails again at 3
+    # the run resumes from previous.pt (epoch 1), recomputes epoch 2 identically, then fails again at 3;
+    # the unreadable last.pt is kept as last.pt.corrupt, so the save of epoch 2 keeps previous.pt (epoch 1)
     with pytest.warns(RuntimeWarning, match="unreadable"), pytest.raises(RuntimeError, match="fail_at_epoch"):
         run_cell(run_dir)
+    assert (ck / "last.pt.corrupt").read_bytes().startswith(b"\x00garbage")
+    assert load_checkpoint(ck)["epoch"] == 2 and torch.load(ck / "previous.pt")["epoch"] == 1
     again = read_jsonl(run_dir / "metrics.jsonl")
     assert [m["epoch"] for m in again] == [1, 2]
     assert again[1]["loss"] == first[1]["loss"]

@@ -62,8 +62,13 @@ def build_model(cfg: DictConfig, seed: int, device: torch.device, checkpoint: Pa
     projector = build_projector(int(backbone.feature_dim), cfg.method.projector)
     model = SSLModel(backbone, projector)
     if checkpoint is not None:
+        from ..train.checkpoint import read_checkpoint
+
         try:
-            blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
+            # never unpickles code: a crafted file is a UserError naming it (issue: checkpoints run code)
+            blob = read_checkpoint(checkpoint, map_location="cpu")
+        except UserError:
+            raise
         except Exception as exc:
             raise UserError(f"--checkpoint {checkpoint}: cannot read it ({str(exc).splitlines()[0]})") from None
         state = _model_state(blob, checkpoint)
