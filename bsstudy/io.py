@@ -122,12 +122,15 @@ def append_jsonl(path: Path | str, obj: Any) -> None:
 
 
 def read_jsonl(path: Path | str) -> list[dict]:
-    """Read a JSON-lines file, skipping a torn last line (a run killed mid-write)."""
+    """Read a JSON-lines file, skipping a torn last line (a run killed mid-write) and any line that is not
+    valid UTF-8 JSON (damaged bytes): one bad line must not hide the others."""
     rows = []
     p = Path(path)
     if not p.exists():
         return rows
-    for line in p.read_text().splitlines():
+    for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if "\ufffd" in line:  # undecodable bytes: the line is damaged, whatever JSON it still parses to
+            continue
         line = line.strip()
         if not line:
             continue

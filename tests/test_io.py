@@ -100,3 +100,11 @@ def test_other_write_errors_are_not_called_a_full_disk(tmp_path, monkeypatch):
         atomic_torch_save(tmp_path / "ck.pt", {})
     assert not isinstance(e.value, UserError)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_read_jsonl_skips_damaged_lines_and_keeps_the_rest(tmp_path):
+    from bsstudy.io import read_jsonl
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_bytes(b'{"epoch": 1}\n{"epoch": \xff\xfe 2}\n\x80\x81\n{"epoch": 3}\n{"epo')
+    assert read_jsonl(p) == [{"epoch": 1}, {"epoch": 3}]
