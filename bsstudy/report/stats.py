@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from statsmodels.regression.linear_model import OLS
-from scipy import optimize, stats
-from statsmodels.stats.multitest import multipletests
+from scipy import optimize, special, stats
 
 from ..errors import UserError
 
@@ -39,6 +38,7 @@ DEFAULT_PAIRS = (("vicreg_unbiased", "vicreg"),)
 DEFAULT_EFFECTS = (0.5, 1.0, 2.0)
 MAX_SEEDS = 1000              # seeds_needed searches 2..MAX_SEEDS
 GROUP = ["method", "epochs", "metric"]
+UNTRAINED = 0                 # the untrained network's level code among batch sizes (all > 0)
 
 
 # ------------------------------------------------------------------ input
@@ -82,10 +82,19 @@ def long_table(runs: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     return out[cols].reset_index(drop=True)
 
 
-def _groups(long: pd.DataFrame):
-    """(method, epochs, metric), rows sorted by seed and batch size: the unit of every per-method fit."""
-    for key, g in long.groupby(GROUP, sort=True):
-        yield key, g.sort_values(["seed", "batch_size"], kind="stable")
+def _groups(long: pd.DataFrame, by=GROUP, cols=("seed", "batch_size", "y", "init")):
+    """Each ``by`` key (default: method, epochs, metric) with its rows sorted by seed and batch size, as
+    numpy arrays named ``cols``: the unit of every fit (arrays, not frames: a study of 1,000 runs, or the
+    tests' hundreds of simulated studies, would spend most of its time in pandas)."""
+    if not len(long):
+        return
+    long = long.sort_values(list(by) + ["seed", "batch_size"], kind="stable")
+    keys = long[list(by)]
+    starts = np.flatnonzero(keys.ne(keys.shift()).any(axis=1).to_numpy())
+    ends = np.append(starts[1:], len(long))
+    arrays = {c: long[c].to_numpy(dtype=float if c in ("y", "init") else int) for c in cols}
+    for key, i, j in zip(keys.iloc[starts].itertuples(index=False, name=None), starts, ends):
+        yield key, {c: v[i:j] for c, v in arrays.items()}
 
 
 def _dummies(codes: np.ndarray) -> np.ndarray:
@@ -94,7 +103,14 @@ def _dummies(codes: np.ndarray) -> np.ndarray:
 
 
 def _codes(values) -> np.ndarray:
-    return pd.factorize(pd.Series(values), sort=True)[0]
+    """Integer codes 0..k-1 of ``values`` in sorted order."""
+    return np.unique(np.asarray(values), return_inverse=True)[1].ravel()
+
+
+def _ols(y, X):
+    """statsmodels OLS; every design here carries its constant in the block dummies (hasconst=True also
+    skips statsmodels' per-fit constant detection, most of a small fit's time)."""
+    return OLS(np.asarray(y, dtype=float), X, hasconst=True).fit()
 
 
 def _bs_text(bs) -> str:
@@ -105,8 +121,8 @@ def _t_ci(est: float, se: float, df: float, alpha: float = ALPHA) -> tuple[float
     """(ci_low, ci_high, two-sided p) of a t statistic; NaN when df < 1 or se is not positive."""
     if not (df >= 1 and se > 0 and np.isfinite(se)):
         return math.nan, math.nan, math.nan
-    q = stats.t.ppf(1 - alpha / 2, df)
-    return est - q * se, est + q * se, float(2 * stats.t.sf(abs(est / se), df))
+    q = special.stdtrit(df, 1 - alpha / 2)      # = stats.t.ppf, without the distribution-object overhead
+    return est - q * se, est + q * se, float(2 * special.stdtr(df, -abs(est / se)))
 
 
 # ------------------------------------------------------------------ 1. sensitivity
@@ -128,51 +144,85 @@ class SlopeFit:
 def fit_slope(seed, batch_size, y, alpha: float = ALPHA) -> SlopeFit:
     """OLS ``y ~ C(seed) + log2(B)`` (statsmodels): the slope per doubling of B with its model-based CI
     (Student t on the residual df, N - n_seeds - 1)."""
-    seed, x, y = np.asarray(seed), np.log2(np.asarray(batch_size, dtype=float)), np.asarray(y, dtype=float)
-    codes = _codes(seed)
-    n_inf = int(sum(len(set(x[codes == c])) >= 2 for c in range(codes.max() + 1))) if len(y) else 0
-    if n_inf == 0:
-        return SlopeFit(math.nan, math.nan, 0.0, math.nan, math.nan, math.nan, 0, math.nan)
-    res = OLS(y, np.column_stack([_dummies(codes), x])).fit()
+    return _fit_slope(*_slope_inputs(seed, batch_size, y), alpha)[0]
+
+
+def _slope_inputs(seed, batch_size, y):
+    return _codes(seed), np.log2(np.asarray(batch_size, dtype=float)), np.asarray(y, dtype=float)
+
+
+def _fit_slope(codes, x, y, alpha: float):
+    """(SlopeFit, statsmodels results or None, dummies, informative seed codes)."""
+    if not len(y):
+        return SlopeFit(math.nan, math.nan, 0.0, math.nan, math.nan, math.nan, 0, math.nan), None, None, []
+    d = _dummies(codes)
+    informative = [c for c in range(d.shape[1]) if np.ptp(x[codes == c]) > 0]
+    if not informative:
+        return SlopeFit(math.nan, math.nan, 0.0, math.nan, math.nan, math.nan, 0, math.nan), None, d, []
+    res = _ols(y, np.column_stack([d, x]))
     est, df = float(res.params[-1]), float(res.df_resid)
     se = float(res.bse[-1]) if df >= 1 else math.nan
     lo, hi, p = _t_ci(est, se, df, alpha)
-    return SlopeFit(est, se, df, lo, hi, p, n_inf, float(np.sqrt(res.scale)) if df >= 1 else math.nan)
+    fit = SlopeFit(est, se, df, lo, hi, p, len(informative), float(np.sqrt(res.scale)) if df >= 1 else math.nan)
+    return fit, res, d, informative
+
+
+def per_seed_slopes(seed, batch_size, y) -> np.ndarray:
+    """The least-squares slope of y on log2 B within each seed that has >= 2 batch sizes (sorted by seed)."""
+    return _per_seed(np.asarray(seed), np.log2(np.asarray(batch_size, dtype=float)), np.asarray(y, float))[1]
+
+
+def _per_seed(seed: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(seed ids, slopes) of the seeds with >= 2 distinct x, sorted by seed."""
+    ids, codes = np.unique(seed, return_inverse=True)
+    codes = codes.ravel()
+    k = len(ids)
+    n = np.bincount(codes, minlength=k)
+    xc = x - (np.bincount(codes, x, k) / np.maximum(n, 1))[codes]
+    yc = y - (np.bincount(codes, y, k) / np.maximum(n, 1))[codes]
+    sxx, sxy = np.bincount(codes, xc * xc, k), np.bincount(codes, xc * yc, k)
+    ok = sxx > 1e-12
+    return ids[ok], sxy[ok] / np.where(ok, sxx, 1.0)[ok]
 
 
 def seedwise_slopes(seed, batch_size, y, alpha: float = ALPHA) -> tuple[float, float, float, float, int]:
     """The small-sample fallback: one least-squares slope per seed, then a Student-t interval over seeds
     (df = n_seeds - 1). Valid even when seeds differ in slope. Returns (mean, ci_low, ci_high, p, n_seeds)."""
-    df = pd.DataFrame({"seed": np.asarray(seed), "x": np.log2(np.asarray(batch_size, dtype=float)),
-                       "y": np.asarray(y, dtype=float)})
-    slopes = []
-    for _, g in df.groupby("seed", sort=True):
-        if g["x"].nunique() >= 2:
-            slopes.append(float(np.polyfit(g["x"], g["y"], 1)[0]))
-    n = len(slopes)
+    return _mean_t(per_seed_slopes(seed, batch_size, y), alpha)
+
+
+def _mean_t(v: np.ndarray, alpha: float) -> tuple[float, float, float, float, int]:
+    """(mean, ci_low, ci_high, p, n) of the one-sample t-interval over the values ``v``."""
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v)]
+    n = len(v)
     if n == 0:
         return math.nan, math.nan, math.nan, math.nan, 0
-    mean = float(np.mean(slopes))
+    mean = float(v.mean())
     if n < 2:
         return mean, math.nan, math.nan, math.nan, n
-    lo, hi, p = _t_ci(mean, float(np.std(slopes, ddof=1) / math.sqrt(n)), n - 1, alpha)
+    lo, hi, p = _t_ci(mean, float(v.std(ddof=1) / math.sqrt(n)), n - 1, alpha)
     return mean, lo, hi, p, n
 
 
 def slope_heterogeneity_p(seed, batch_size, y) -> float:
     """F-test p-value of ``y ~ C(seed) + C(seed):log2 B`` against the common slope: small values say seeds
     differ in slope, and then the seedwise interval (not the model-based one) is the honest one."""
-    seed, x, y = np.asarray(seed), np.log2(np.asarray(batch_size, dtype=float)), np.asarray(y, dtype=float)
-    codes = _codes(seed)
-    d = _dummies(codes)
-    informative = [c for c in range(d.shape[1]) if len(set(x[codes == c])) >= 2]
-    if len(informative) < 2:
+    codes, x, y = _slope_inputs(seed, batch_size, y)
+    _, reduced, d, informative = _fit_slope(codes, x, y, ALPHA)
+    return _heterogeneity(reduced, d, informative, x, y)
+
+
+def _heterogeneity(reduced, d, informative, x, y) -> float:
+    if reduced is None or len(informative) < 2:
         return math.nan
-    full = OLS(y, np.column_stack([d, d[:, informative] * x[:, None]])).fit()
-    if full.df_resid < 1:
+    full = _ols(y, np.column_stack([d, d[:, informative] * x[:, None]]))
+    df_num, df_den = reduced.df_resid - full.df_resid, full.df_resid
+    if df_den < 1 or df_num < 1:
         return math.nan
-    reduced = OLS(y, np.column_stack([d, x])).fit()
-    return float(full.compare_f_test(reduced)[1])
+    # statsmodels' compare_f_test, without its per-call distribution objects (the test pins the equality)
+    f = ((reduced.ssr - full.ssr) / df_num) / (full.ssr / df_den)
+    return float(special.fdtrc(df_num, df_den, f))
 
 
 SENSITIVITY_COLUMNS = ["method", "epochs", "metric", "slope_pts_per_doubling", "ci_low", "ci_high", "p_value",
@@ -188,31 +238,28 @@ def sensitivity(runs: pd.DataFrame, metrics=METRICS, alpha: float = ALPHA, long:
     long = long_table(runs, metrics) if long is None else long
     rows = []
     for (method, epochs, metric), g in _groups(long):
-        fit = fit_slope(g["seed"], g["batch_size"], g["y"], alpha)
-        sw, sw_lo, sw_hi, sw_p, _ = seedwise_slopes(g["seed"], g["batch_size"], g["y"], alpha)
+        codes, x, y = _slope_inputs(g["seed"], g["batch_size"], g["y"])
+        fit, res, d, informative = _fit_slope(codes, x, y, alpha)
+        sw, sw_lo, sw_hi, sw_p, _ = seedwise_slopes(codes, g["batch_size"], y, alpha)
         rows.append(dict(method=method, epochs=int(epochs), metric=metric, slope_pts_per_doubling=fit.slope,
                          ci_low=fit.ci_low, ci_high=fit.ci_high, p_value=fit.p_value, n_seeds=fit.n_seeds,
-                         batch_sizes=_bs_text(g["batch_size"]), se=fit.se, df=fit.df, n_runs=len(g),
+                         batch_sizes=_bs_text(g["batch_size"]), se=fit.se, df=fit.df, n_runs=len(y),
                          resid_sd_pts=fit.resid_sd, seedwise_slope=sw, seedwise_ci_low=sw_lo,
                          seedwise_ci_high=sw_hi, seedwise_p_value=sw_p,
-                         p_slope_varies_by_seed=slope_heterogeneity_p(g["seed"], g["batch_size"], g["y"])))
+                         p_slope_varies_by_seed=_heterogeneity(res, d, informative, x, y)))
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 
 
 # ------------------------------------------------------------------ 2. paired contrasts
 
-def _block_fit(block, level, y, ref):
-    """OLS ``y ~ C(block) + C(level)`` with ``ref`` as the level's baseline: the coefficients are the
-    within-block contrasts level - ref. Returns (statsmodels results, the non-reference levels in order)."""
-    block_codes = _codes(block)
-    level = pd.Series(np.asarray(level, dtype=object))
-    others = sorted((v for v in level.unique() if v != ref), key=_level_key)
-    X = np.column_stack([_dummies(block_codes)] + [(level == v).to_numpy(dtype=float) for v in others])
-    return OLS(np.asarray(y, dtype=float), X).fit(), others
-
-
-def _level_key(v):
-    return (0, v) if isinstance(v, (int, np.integer)) else (1, str(v))
+def _block_fit(block, level, y, ref: int):
+    """OLS ``y ~ C(block) + C(level)`` with ``ref`` as the level's baseline: the coefficients after the
+    block dummies are the within-block contrasts level - ref. ``level`` holds integer codes. Returns
+    (statsmodels results, the non-reference levels in increasing order)."""
+    level = np.asarray(level)
+    others = np.array([v for v in np.unique(level) if v != ref])
+    X = np.column_stack([_dummies(_codes(block)), (level[:, None] == others[None, :]).astype(float)])
+    return _ols(y, X), [int(v) for v in others]
 
 
 def _contrast_rows(res, names, n_coef, alpha: float, L_extra=None):
@@ -233,21 +280,25 @@ def _contrast_rows(res, names, n_coef, alpha: float, L_extra=None):
         lo, hi, _ = _t_ci(e, s, df, alpha / max(k, 1))
         out.append((name, float(e), float(s), lo, hi, p, ph, df, k))
     if L_extra is not None:
-        t = res.t_test(L_extra)
-        e, s = float(np.squeeze(t.effect)), float(np.squeeze(t.sd))
+        (e,), (s,) = _combos(res, L_extra[None, :])
         lo, hi, p = _t_ci(e, s, df, alpha)
         out.append(("mean", e, s, lo, hi, p, p, df, 1))
     return out
 
 
+def _combos(res, L: np.ndarray) -> tuple[list[float], list[float]]:
+    """Estimates and standard errors of the linear combinations ``L @ params`` (rows of L) of a fit: what
+    ``res.t_test(L)`` reports, without building its result objects."""
+    cov = np.asarray(res.cov_params())
+    est = L @ np.asarray(res.params)
+    se = np.sqrt(np.einsum("ij,jk,ik->i", L, cov, L))
+    return [float(v) for v in est], [float(v) for v in se]
+
+
 def _bonferroni(p) -> list[float]:
     """Bonferroni-adjusted p-values (NaN stays NaN)."""
     p = np.asarray(p, dtype=float)
-    out = np.full(len(p), np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        out[ok] = multipletests(p[ok], method="bonferroni")[1]
-    return out.tolist()
+    return np.minimum(1.0, p * np.isfinite(p).sum()).tolist()
 
 
 CONTRAST_COLUMNS = ["method", "epochs", "metric", "contrast", "batch_size", "reference", "estimate_pts", "se",
@@ -276,20 +327,21 @@ def contrasts(runs: pd.DataFrame, reference_batch_size: int | None = None, metri
         ref = grid[-1] if reference_batch_size is None else reference_batch_size
         if len(grid) >= 2 and ref in grid:
             res, others = _block_fit(g["seed"], g["batch_size"], g["y"], ref)
-            n_seeds = int(g["seed"].nunique())
+            n_seeds = len(np.unique(g["seed"]))
             for name, e, s, lo, hi, p, ph, df, k in _contrast_rows(res, others, len(others), alpha):
                 rows.append(dict(base, contrast="vs_reference", batch_size=int(name), reference=str(ref),
                                  estimate_pts=e, se=s, ci_low=lo, ci_high=hi, p_value=p, p_adj=ph, df=df,
                                  family_size=k, n_seeds=n_seeds))
-        init = g.drop_duplicates("seed")[["seed", "init"]].dropna()
-        if len(init):
-            blocks = np.concatenate([g["seed"].to_numpy(), init["seed"].to_numpy()])
-            levels = list(g["batch_size"].astype(int)) + ["untrained"] * len(init)
-            ys = np.concatenate([g["y"].to_numpy(), init["init"].to_numpy()])
-            res, others = _block_fit(blocks, levels, ys, "untrained")
+        init_seed, first = np.unique(g["seed"], return_index=True)    # one untrained probe per seed
+        init_y = g["init"][first]
+        init_seed, init_y = init_seed[np.isfinite(init_y)], init_y[np.isfinite(init_y)]
+        if len(init_y):
+            blocks = np.concatenate([g["seed"], init_seed])
+            levels = np.concatenate([g["batch_size"], np.full(len(init_y), UNTRAINED)])
+            res, others = _block_fit(blocks, levels, np.concatenate([g["y"], init_y]), UNTRAINED)
             L = np.zeros(res.params.shape[0])
             L[-len(others):] = 1.0 / len(others)
-            n_seeds = int(len(set(g["seed"]) & set(init["seed"])))
+            n_seeds = len(init_seed)
             for name, e, s, lo, hi, p, ph, df, k in _contrast_rows(res, others, len(others), alpha, L):
                 rows.append(dict(base, contrast="vs_untrained", batch_size=-1 if name == "mean" else int(name),
                                  reference="untrained", estimate_pts=e, se=s, ci_low=lo, ci_high=hi, p_value=p,
@@ -337,84 +389,64 @@ def method_contrasts(runs: pd.DataFrame, pairs=None, metrics=METRICS, alpha: flo
                             f"(methods with finished runs: {', '.join(present) or 'none'})")
     rows = []
     for a, b in pairs:
-        sub = long[long["method"].isin([a, b])]
-        for (epochs, metric), g in sub.groupby(["epochs", "metric"], sort=True):
-            seeds = set(g.loc[g["method"] == a, "seed"]) & set(g.loc[g["method"] == b, "seed"])
-            g = g[g["seed"].isin(seeds)].sort_values(["method", "seed", "batch_size"], kind="stable")
-            if g["method"].nunique() < 2:
+        sub = long[long["method"].isin([a, b])].assign(is_a=lambda d: (d["method"] == a).astype(int))
+        for (epochs, metric), g in _groups(sub, ("epochs", "metric"), ("is_a", "seed", "batch_size", "y")):
+            is_a, seed, bs, y = g["is_a"], g["seed"], g["batch_size"], g["y"]
+            seeds = np.intersect1d(seed[is_a == 1], seed[is_a == 0])
+            if not len(seeds):
                 continue
+            keep = np.isin(seed, seeds)
             base = dict(method_a=a, method_b=b, epochs=int(epochs), metric=metric, n_seeds=len(seeds))
-            rows += _pair_slope(g, a, alpha, base)
-            rows += _pair_per_b(g, a, b, alpha, base)
+            rows += _pair_slope(is_a[keep], seed[keep], bs[keep], y[keep], alpha, base)
+            rows += _pair_per_b(is_a[keep], seed[keep], bs[keep], y[keep], alpha, base)
     out = pd.DataFrame(rows, columns=METHOD_CONTRAST_COLUMNS)
     return out.sort_values(["method_a", "method_b", "epochs", "metric", "contrast", "batch_size"],
                            kind="stable").reset_index(drop=True)
 
 
-def _pair_slope(g: pd.DataFrame, a: str, alpha: float, base: dict) -> list[dict]:
-    x = np.log2(g["batch_size"].to_numpy(dtype=float))
-    is_a = (g["method"] == a).to_numpy(dtype=float)
-    blocks = _codes(g["method"].astype(str) + "/" + g["seed"].astype(str))
-    X = np.column_stack([_dummies(blocks), x * (1 - is_a), x * is_a])
-    res = OLS(g["y"].to_numpy(dtype=float), X).fit()
-    L = np.zeros(X.shape[1])
-    L[-1], L[-2] = 1.0, -1.0
-    t = res.t_test(L)
-    est, se, df = float(np.squeeze(t.effect)), float(np.squeeze(t.sd)), float(res.df_resid)
+def _pair_slope(is_a, seed, bs, y, alpha: float, base: dict) -> list[dict]:
+    x = np.log2(bs.astype(float))
+    X = np.column_stack([_dummies(_codes(2 * seed + is_a)), x * (1 - is_a), x * is_a])
+    res = _ols(y, X)
+    L = np.zeros((1, X.shape[1]))
+    L[0, -1], L[0, -2] = 1.0, -1.0
+    (est,), (se,) = _combos(res, L)
+    df = float(res.df_resid)
     lo, hi, p = _t_ci(est, se, df, alpha)
-    per_seed = []
-    for _, gs in g.groupby("seed", sort=True):
-        sl = []
-        for m in (a, None):
-            gm = gs[gs["method"] == a] if m else gs[gs["method"] != a]
-            sl.append(float(np.polyfit(np.log2(gm["batch_size"]), gm["y"], 1)[0])
-                      if gm["batch_size"].nunique() >= 2 else math.nan)
-        per_seed.append(sl[0] - sl[1])
-    d = np.array([v for v in per_seed if np.isfinite(v)])
-    sw = (_t_ci(float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), len(d) - 1, alpha)
-          if len(d) >= 2 else (math.nan,) * 3)
+    # seedwise: per-seed slope of a minus per-seed slope of b (seeds where both have >= 2 batch sizes)
+    ia, sa = _per_seed(seed[is_a == 1], x[is_a == 1], y[is_a == 1])
+    ib, sb = _per_seed(seed[is_a == 0], x[is_a == 0], y[is_a == 0])
+    _, ja, jb = np.intersect1d(ia, ib, return_indices=True)
+    sw = _mean_t(sa[ja] - sb[jb], alpha)[1:4]
     return [dict(base, contrast="slope_difference", batch_size=-1, estimate=est, se=se, ci_low=lo, ci_high=hi,
                  p_value=p, p_adj=p, df=df, seedwise_ci_low=sw[0], seedwise_ci_high=sw[1],
                  seedwise_p_value=sw[2])]
 
 
-def _cell(method: str, batch_size: int) -> str:
-    return f"{method}@{batch_size}"
-
-
-def _pair_per_b(g: pd.DataFrame, a: str, b: str, alpha: float, base: dict) -> list[dict]:
-    common = sorted(set(g.loc[g["method"] == a, "batch_size"]) & set(g.loc[g["method"] == b, "batch_size"]))
-    if not common:
+def _pair_per_b(is_a, seed, bs, y, alpha: float, base: dict) -> list[dict]:
+    common = np.intersect1d(bs[is_a == 1], bs[is_a == 0])
+    if not len(common):
         return []
-    cells = [_cell(m, bs) for m, bs in zip(g["method"], g["batch_size"].astype(int))]
-    ref = _cell(b, common[0])
-    res, others = _block_fit(g["seed"], cells, g["y"], ref)
-    col = {lv: i for i, lv in enumerate(others)}
+    cells = 2 * bs + is_a                  # one level per (method, B); b's smallest common B is the baseline
+    ref = int(2 * common[0])
+    res, others = _block_fit(seed, cells, y, ref)
     n0 = res.params.shape[0] - len(others)
-
-    def coef(lv):  # contrast vector of cell lv against the baseline cell
-        v = np.zeros(res.params.shape[0])
-        if lv != ref:
-            v[n0 + col[lv]] = 1.0
-        return v
-
-    Ls = [coef(_cell(a, bs)) - coef(_cell(b, bs)) for bs in common]
+    col = {lv: n0 + i for i, lv in enumerate(others)}
+    L = np.zeros((len(common), res.params.shape[0]))
+    for i, b in enumerate(common):
+        for lv, sign in ((2 * int(b) + 1, 1.0), (2 * int(b), -1.0)):
+            if lv != ref:
+                L[i, col[lv]] = sign
     df = float(res.df_resid)
-    ests, ses = [], []
-    for L in Ls:
-        t = res.t_test(L)
-        ests.append(float(np.squeeze(t.effect)))
-        ses.append(float(np.squeeze(t.sd)))
+    ests, ses = _combos(res, L)
     raw = [_t_ci(e, s, df, alpha)[2] for e, s in zip(ests, ses)]
-    adj = _bonferroni(raw)
     rows = []
-    for bs, e, s, p, ph in zip(common, ests, ses, raw, adj):
+    for b, e, s, p, ph in zip(common, ests, ses, raw, _bonferroni(raw)):
         lo, hi, _ = _t_ci(e, s, df, alpha / len(common))
-        d = (g[(g["method"] == a) & (g["batch_size"] == bs)].set_index("seed")["y"]
-             - g[(g["method"] == b) & (g["batch_size"] == bs)].set_index("seed")["y"]).dropna()
-        sw = (_t_ci(float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), len(d) - 1, alpha)
-              if len(d) >= 2 else (math.nan,) * 3)
-        rows.append(dict(base, contrast="batch_size", batch_size=int(bs), estimate=e, se=s, ci_low=lo,
+        ma, mb = (bs == b) & (is_a == 1), (bs == b) & (is_a == 0)
+        _, ja, jb = np.intersect1d(seed[ma], seed[mb], return_indices=True)
+        sw = _mean_t(y[ma][ja] - y[mb][jb], alpha)[1:4]      # seedwise: t over the paired differences
+        rows.append(dict(base, contrast="batch_size", batch_size=int(b), estimate=e, se=s, ci_low=lo,
                          ci_high=hi, p_value=p, p_adj=ph, df=df, seedwise_ci_low=sw[0], seedwise_ci_high=sw[1],
                          seedwise_p_value=sw[2]))
     return rows
@@ -450,12 +482,13 @@ def relative_drop_ci(runs: pd.DataFrame, reference_batch_size: int | None = None
     long = long_table(runs, metrics) if long is None else long
     rows = []
     for (method, epochs, metric), g in _groups(long):
-        mat = g.pivot(index="seed", columns="batch_size", values="y").sort_index().sort_index(axis=1)
-        grid = mat.columns.to_numpy(dtype=int)
+        seeds, si = np.unique(g["seed"], return_inverse=True)
+        grid, bi = np.unique(g["batch_size"], return_inverse=True)
         if len(grid) < 2:
             continue
+        Y = np.full((len(seeds), len(grid)), np.nan)               # seeds x batch sizes
+        Y[si.ravel(), bi.ravel()] = g["y"]
         ref = int(grid[-1]) if reference_batch_size is None else int(reference_batch_size)
-        Y = mat.to_numpy(dtype=float)
         means = np.nanmean(Y, axis=0)
         best_i = int(np.flatnonzero(means == np.nanmax(means))[0])
         worst_i = int(np.nanargmax(means[best_i] - means))
@@ -566,7 +599,7 @@ def residual_sd(long: pd.DataFrame, metric: str) -> tuple[float, float]:
     C(B)`` in each method x epochs, pooled (sum of squares over sum of df)."""
     ss, dof = 0.0, 0.0
     for (_, _, m), g in _groups(long):
-        if m != metric or g["batch_size"].nunique() < 2 or g["seed"].nunique() < 2:
+        if m != metric or len(np.unique(g["batch_size"])) < 2 or len(np.unique(g["seed"])) < 2:
             continue
         res, _ = _block_fit(g["seed"], g["batch_size"], g["y"], int(g["batch_size"].max()))
         if res.df_resid >= 1:
