@@ -33,6 +33,7 @@ INIT_COLUMNS = {"linear_top1": "init_linear_top1", "knn_top1": "init_knn_top1"}
 ALPHA = 0.05
 POWER = 0.80
 BOOT_REPS = 2000
+BOOT_MIN_SEEDS = 3            # 2 seeds have 3 distinct resamples: no CI from those
 BOOT_SEED = 20261123          # base of the per-row bootstrap generators (fixed: same input, same CI)
 DEFAULT_PAIRS = (("vicreg_unbiased", "vicreg"),)
 DEFAULT_EFFECTS = (0.5, 1.0, 2.0)
@@ -478,7 +479,8 @@ def relative_drop_ci(runs: pd.DataFrame, reference_batch_size: int | None = None
     resampled, so pairing is kept; ``reps`` draws from a generator seeded by the row's key).
 
     The max is biased upward: under no B effect it is still positive (the best of noisy means), and its
-    bootstrap inherits that; the pre-specified drop is unbiased for its population value."""
+    bootstrap inherits that; the pre-specified drop is unbiased for its population value. CIs need
+    ``BOOT_MIN_SEEDS`` seeds (NaN below: 2 seeds give 3 distinct resamples)."""
     long = long_table(runs, metrics) if long is None else long
     rows = []
     for (method, epochs, metric), g in _groups(long):
@@ -506,8 +508,9 @@ def relative_drop_ci(runs: pd.DataFrame, reference_batch_size: int | None = None
             warnings.simplefilter("ignore", RuntimeWarning)   # a draw missing a B: that draw is NaN
             bmax, bref = _drops(np.nanmean(boot, axis=1), ref_i, far_i)
         q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
-        mlo, mhi = np.nanpercentile(bmax, q) if np.isfinite(bmax).any() else (math.nan, math.nan)
-        rlo, rhi = np.nanpercentile(bref, q) if np.isfinite(bref).any() else (math.nan, math.nan)
+        ok = S >= BOOT_MIN_SEEDS
+        mlo, mhi = np.nanpercentile(bmax, q) if ok and np.isfinite(bmax).any() else (math.nan, math.nan)
+        rlo, rhi = np.nanpercentile(bref, q) if ok and np.isfinite(bref).any() else (math.nan, math.nan)
         has_ref = ref in grid
         rows.append(dict(method=method, epochs=int(epochs), metric=metric, n_seeds=S, batch_sizes=_bs_text(grid),
                          best_batch_size=int(grid[best_i]), worst_batch_size=int(grid[worst_i]),
