@@ -1,4 +1,4 @@
-"""The ``bsstudy`` command: plan, submit, status, report, train, bias.
+"""The ``bsstudy`` command: plan, submit, status, report, power, train, bias.
 
 Each verb lives in its own module exposing ``register(subparsers)`` (adds its parser and sets
 ``func``); heavy imports (torch, pandas) happen inside ``func`` so ``--help`` stays fast.
@@ -18,6 +18,7 @@ VERBS = {
     "submit": "bsstudy.sweep.cli",
     "status": "bsstudy.sweep.cli",
     "report": "bsstudy.report.cli",
+    "power": "bsstudy.report.power_cli",
     "train": "bsstudy.train.cli",
     "bias": "bsstudy.bias.cli",
 }

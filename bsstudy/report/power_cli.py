@@ -1,0 +1,66 @@
+"""``bsstudy power results/<study> [--effect 0.5,1,2] [--metric linear_top1]``: size the seeds of a study
+from a finished pilot (the within-seed residual SD of its runs; see bsstudy.report.stats.power_table)."""
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..errors import UserError
+
+
+def parse_effects(text: str) -> tuple[float, ...]:
+    """'0.5,1,2' -> (0.5, 1.0, 2.0); UserError naming --effect on anything but positive numbers."""
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        vals = ()
+    if not vals or not all(v > 0 and math.isfinite(v) for v in vals):
+        raise UserError(f"--effect: expected positive numbers in points, e.g. 1.0 or 0.5,1,2 (got {text!r})")
+    return vals
+
+
+def format_power(table, effects) -> str:
+    """The power table as fixed-width text: one row per metric and quantity."""
+    from .stats import ALPHA, MAX_SEEDS, POWER, QUANTITIES
+
+    def seeds(v: float) -> str:
+        return f">{MAX_SEEDS}" if not math.isfinite(v) else str(int(v))
+
+    first = table.iloc[0]
+    head = [f"{first['n_seeds']} seeds, batch sizes {first['batch_sizes']}; power {POWER:.0%}, two-sided "
+            f"{ALPHA:.0%}; effects in points (per doubling of B for slopes)"]
+    cols = ["metric", "quantity", "resid SD", f"MDE@{first['n_seeds']}"] + [f"seeds@{e:g}" for e in effects]
+    rows = [[r["metric"], QUANTITIES[r["quantity"]], f"{r['resid_sd_pts']:.3f}", f"{r['mde_pts']:.3f}"]
+            + [seeds(r[f"seeds_for_{e:g}"]) for e in effects] for _, r in table.iterrows()]
+    width = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+    fmt = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, width)).rstrip()  # noqa: E731
+    return "\n".join(head + [fmt(cols), fmt(["-" * w for w in width])] + [fmt(r) for r in rows])
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .load import load_study
+    from .stats import METRICS, power_table
+
+    effects = parse_effects(args.effect)
+    metrics = METRICS if args.metric is None else (args.metric,)
+    if args.metric is not None and args.metric not in METRICS:
+        raise UserError(f"--metric: unknown metric {args.metric!r} (choose from {', '.join(METRICS)})")
+    study = load_study(args.study)
+    try:
+        table = power_table(study.runs, effects, metrics)
+    except UserError as exc:
+        raise UserError(f"{args.study}: {exc}") from None
+    print(format_power(table, effects))
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``power`` verb."""
+    p = sub.add_parser("power", help="seeds a study needs, from a finished pilot",
+                       description="From the within-seed residual SD of results/<study>'s finished runs: the "
+                       "minimum detectable slope (points per doubling of B), B-vs-B_ref contrast and method-pair "
+                       "slope difference at 80% power for its seed count, and the seeds needed for each --effect.")
+    p.add_argument("study", help="study directory, results/<study>")
+    p.add_argument("--effect", default="0.5,1,2", help="effect sizes in points, comma list (default 0.5,1,2)")
+    p.add_argument("--metric", default=None, help="linear_top1 or knn_top1 (default: both)")
+    p.set_defaults(func=_run)
