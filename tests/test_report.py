@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -359,3 +360,44 @@ def test_provenance_versions_come_from_package_metadata(report):
     code = "import sys; from bsstudy.provenance import environment; environment(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small study (2 methods x 2 batch sizes x 2 seeds) for the tests that build several reports."""
+    root = tmp_path_factory.mktemp("small") / "results" / "small"
+    write_study(root, ("simclr", "vicreg"), (64, 256), (1,), (0, 1))
+    return root
+
+
+@pytest.mark.slow
+def test_report_is_written_as_one_unit_and_a_failure_keeps_the_previous_one(small, tmp_path, monkeypatch):
+    from bsstudy.report import build as B
+
+    out = tmp_path / "reports" / "small"
+    build_report(small, out, log=lambda *a: None)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("report.md") in before and Path("report.html") in before
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(B, "to_html", full_disk)  # fails after report.md and the tables were written
+    with pytest.raises(OSError, match="No space left"):
+        build_report(small, out, log=lambda *a: None)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the previous report, whole
+    assert sorted(p.name for p in out.parent.iterdir()) == ["small"]  # no temporary folder left
+    monkeypatch.undo()
+    build_report(small, out, ("md",), log=lambda *a: None)  # a new report replaces the old one as a whole
+    assert (out / "report.md").exists() and not (out / "report.html").exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["small"]
+
+
+def test_report_never_replaces_a_folder_that_is_not_a_report(small, tmp_path):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a bsstudy report"):
+        build_report(small, keep, log=lambda *a: None)
+    assert (keep / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -115,9 +118,71 @@ def _setup(study: Study) -> list[str]:
 
 def build_report(study_dir: Path | str, out: Path | str | None = None, formats=FORMATS,
                  max_curve_cells: int = MAX_CURVE_CELLS, log=print) -> Path:
-    """Write the report of ``results/<study>`` into ``out`` (default reports/<study>); return ``out``."""
+    """Write the report of ``results/<study>`` into ``out`` (default reports/<study>); return ``out``.
+
+    The report is written as one unit: into a temporary folder next to ``out``, which replaces ``out``
+    only once every file is complete. A failure part-way (a full disk, a bad figure) leaves the previous
+    report as it was and no temporary folder behind."""
     study = load_study(study_dir)
     out = Path(out) if out is not None else Path("reports") / study.name
+    dest = out.resolve()  # `--out .` names the folder by its real name
+    _check_out(out, dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        _build_into(study, tmp, formats, max_curve_cells, log)
+        _replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"report: wrote {out}/" + ", ".join(f"report.{f}" for f in formats if f != "tex") + ", provenance.json")
+    return out
+
+
+# A folder holding any of these is an earlier report, which a new one may replace as a whole.
+_REPORT_MARKERS = ("provenance.json", "report.md", "report.html", "summary.csv", "runs.csv")
+
+
+def _check_out(out: Path, dest: Path) -> None:
+    """UserError unless ``dest`` (``out`` resolved) is absent, an empty folder or an earlier report: the
+    report replaces the whole folder, so it must never be one holding anything else (``--out .``, ~)."""
+    if dest == dest.parent:
+        raise UserError(f"--out {out}: give the report a folder of its own (e.g. reports/<study>)")
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    if any(dest.iterdir()) and not any((dest / m).exists() for m in _REPORT_MARKERS):
+        raise UserError(f"--out {out}: folder exists and is not a bsstudy report (the report replaces the whole "
+                        "folder); choose an empty or new folder")
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Put folder ``new`` at ``out``: the old ``out`` is moved aside first and deleted only after the
+    rename succeeded (restored if it failed), so ``out`` is always one whole report."""
+    os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700; a report folder is shared like any other
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    os.rmdir(old)  # only its unique name is wanted
+    os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _build_into(study: Study, out: Path, formats, max_curve_cells: int, log) -> None:
+    """Every file of the report, written into the (empty, temporary) folder ``out``."""
     figdir, tabdir = out / "figures", out / "tables"
     tabdir.mkdir(parents=True, exist_ok=True)
     runs = study.runs
@@ -157,7 +222,7 @@ def build_report(study_dir: Path | str, out: Path | str | None = None, formats=F
     figs = F.report_figures(summary, drop, base, runs, study.curves, study.bias, max_curve_cells)
     rendering = F.start_render(figs, figdir)  # drawn by workers while this process writes the rest
     try:
-        return _write_documents(study, out, formats, summary, head, paper, figs, rendering, log, base)
+        _write_documents(study, out, formats, summary, head, paper, figs, rendering, log, base)
     except BaseException:
         rendering.abort()  # never leave workers behind
         raise
@@ -170,7 +235,7 @@ def _figure_blocks(figs: list["F.FigureSpec"], section: str) -> list:
 
 
 def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, head: pd.DataFrame, paper: dict,
-                     figs: list["F.FigureSpec"], rendering: "F.Rendering", log, base: pd.DataFrame) -> Path:
+                     figs: list["F.FigureSpec"], rendering: "F.Rendering", log, base: pd.DataFrame) -> None:
     """report.md, report.html and provenance.json (waits for the figures before embedding them)."""
     runs = study.runs
     if len(base):
@@ -261,5 +326,3 @@ def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, he
     log(f"report: wrote tables and {figcount} figures")
     if "html" in formats:
         atomic_write_text(out / "report.html", to_html(doc, f"bsstudy report: {study.name}", out))
-    log(f"report: wrote {out}/" + ", ".join(f"report.{f}" for f in formats if f != "tex") + ", provenance.json")
-    return out
