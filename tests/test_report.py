@@ -401,3 +401,50 @@ def test_report_never_replaces_a_folder_that_is_not_a_report(small, tmp_path):
     with pytest.raises(UserError, match="not a bsstudy report"):
         build_report(small, keep, log=lambda *a: None)
     assert (keep / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+@pytest.mark.slow
+def test_unreadable_runs_are_skipped_with_one_named_warning_each(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "results" / "hurt"
+    syn = write_study(root, ("simclr", "vicreg"), (64, 256), (1,), (0, 1, 2, 3))
+    rid = {cell: r for cell, r in syn.run_ids.items()}
+    cells = sorted(rid)
+    run = {c: root / "runs" / rid[c] for c in cells}
+    broken = {  # cell -> (file, what is written into it)
+        cells[0]: ("result.json", b'{"status": "done", "method": "\xff\xfe"}'),
+        cells[1]: ("result.json", b"[]"),
+        cells[2]: ("result.json", b"null"),
+        cells[3]: ("result.json", b'{"status": "done"}'),
+        cells[4]: ("config.yaml", b"method:\n  name: \xff\n"),
+        cells[5]: ("metrics.jsonl", b'{"epoch": 1, "loss": \xff}\n'),
+    }
+    for c, (name, data) in broken.items():
+        (run[c] / name).write_bytes(data)
+    locked = run[cells[6]]
+    real_read_text = Path.read_text
+
+    def read_text(self, *a, **k):  # tests run as root: chmod 000 would not stop them
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    out = tmp_path / "rep"
+    assert main(["report", str(root), "--out", str(out), "--format", "md"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln]
+    assert len(err) == 7 and all(ln.startswith("report: warning: ") for ln in err)
+    assert "Traceback" not in "\n".join(err)
+    for c, (name, _) in broken.items():
+        assert sum(str(run[c] / name) in ln for ln in err) == 1
+    assert sum(str(locked / "result.json") in ln and "Permission" in ln for ln in err) == 1
+    assert sum("training curve left out" in ln for ln in err) == 1
+    assert any("missing field(s) method, batch_size, epochs, seed" in ln for ln in err)
+    runs = pd.read_csv(out / "runs.csv")
+    left_out = {rid[c] for c in list(broken)[:5]} | {rid[cells[6]]}
+    assert set(runs["run_id"]) == set(syn.run_ids.values()) - left_out  # the other 10 still count
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["runs_total"].sum() == 16 - 6
+    md = (out / "report.md").read_text()
+    section = md.split("## Runs not included (unreadable files)")[1].split("\n## ")[0]
+    assert all(r in section for r in left_out | {rid[cells[5]]})
+    assert not any(r in md.split("## Missing cells")[1].split("\n## ")[0] for r in left_out)

@@ -21,7 +21,7 @@ from ..layout import PLAN_COLUMNS, PLAN_EXTRA_COLUMNS, Status, StudyPaths
 from ..provenance import environment, git_state
 from ..registry import split_label
 from . import figures as F
-from .load import Study, load_study, read_config
+from .load import SKIPPED_RUN, Study, load_study, read_config
 from .reading import reading
 from .references import REFERENCES
 from .render import H, Img, P, Pre, Table, Ul, to_html, to_md
@@ -187,8 +187,10 @@ def _build_into(study: Study, out: Path, formats, max_curve_cells: int, log) -> 
     tabdir.mkdir(parents=True, exist_ok=True)
     runs = study.runs
     st = runs["status"].value_counts()
+    n_out = sum(u.effect == SKIPPED_RUN for u in study.unreadable)
     log(f"report: {study.name}: {len(runs)} runs ({st.get(Status.DONE, 0)} done, {st.get(Status.DIVERGED, 0)} "
-        f"diverged, {st.get(Status.FAILED, 0)} failed), {len(study.missing)} missing of {len(study.plan)} planned")
+        f"diverged, {st.get(Status.FAILED, 0)} failed), {len(study.missing)} missing of {len(study.plan)} planned"
+        + (f", {n_out} unreadable (left out)" if n_out else ""))
 
     # ---- tables
     summary = summarize_cells(runs)
@@ -301,6 +303,16 @@ def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, he
         doc.append(Table(shown_bad.rename(columns={"method_label": "method", "error_line": "error"})))
     else:
         doc.append(P("None."))
+    doc.append(H(2, "Runs not included (unreadable files)"))
+    if study.unreadable:
+        n_out = sum(u.effect == SKIPPED_RUN for u in study.unreadable)
+        doc.append(P(f"{n_out} run(s) are left out of every table and figure because a file could not be read or "
+                     "lacks a required field; a run whose metrics.jsonl is unreadable counts, without its "
+                     "training curve. Fix or remove the file and report again."))
+        doc.append(Table(pd.DataFrame([{"run_id": u.run_id, "file": Path(u.file).name, "problem": u.problem,
+                                        "effect": u.effect} for u in study.unreadable])))
+    else:
+        doc.append(P("None: every result.json, config.yaml and metrics.jsonl was read."))
     doc.append(H(2, "Missing cells"))
     if len(study.missing):
         cols = [c for c in ("run_id", "method", "batch_size", "epochs", "seed") if c in study.missing.columns]
