@@ -13,12 +13,18 @@ import pandas as pd
 
 from ..errors import UserError
 from ..layout import (RESULT_FILE, RESULT_STATUSES, Status, StudyPaths, read_config_block, read_result,
-                      result_error_line, yaml_load)
+                      result_error_line, yaml_load, yaml_load_file)
 from ..registry import method_label, variant
 
 NO_ERROR = "(no error message recorded)"  # error_line of a failed run whose result records none
 # result.json fields without which a run cannot be placed in a cell
 REQUIRED = ("status", "method", "batch_size", "epochs", "seed")
+# The sweep file's `report:` block (kept in results/<study>/sweep.yaml by `bsstudy plan`): who authored the
+# study and what it is called, for its BibTeX entry. Each value is text; author may be a list of names.
+REPORT_META_KEYS = ("author", "title", "year")
+# The config.yaml blocks the report reads from every run (variants, and the Setup section: everything a
+# reader needs to reproduce a cell); each is parsed once per distinct text (read_config_block).
+SETUP_BLOCKS = ("method", "dataset", "model", "optim", "eval")
 SKIPPED_RUN = "run not included"
 NO_CURVE = "training curve left out"
 
@@ -51,10 +57,37 @@ class Study:
     plan_hash: str              # sha256 of plan.csv bytes: the sweep hash
     runs: pd.DataFrame          # one row per result.json, fields flattened (collapse.effective_rank, ...)
     curves: pd.DataFrame        # run_id, epoch, loss (+ other numeric metrics.jsonl fields)
-    configs: dict               # run_id -> {"method": method block of config.yaml} (what the report needs)
+    configs: dict               # run_id -> {block: ...} for the SETUP_BLOCKS of its config.yaml
     missing: pd.DataFrame       # plan rows without result.json (nor an unreadable one)
     bias: pd.DataFrame | None   # bias/bias.csv when present
     unreadable: list[Unreadable] = field(default_factory=list)  # files left out, with why
+    meta: dict = field(default_factory=dict)  # the sweep's `report:` block (REPORT_META_KEYS), {} when absent
+
+
+def read_report_meta(sweep_yaml: Path) -> dict:
+    """The ``report:`` block of a study's sweep.yaml as {key: text} ({} without a file or block);
+    UserError naming the key when it is not a mapping of REPORT_META_KEYS to text."""
+    if not sweep_yaml.is_file():
+        return {}
+    data = yaml_load_file(sweep_yaml)
+    block = data.get("report") if isinstance(data, dict) else None
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise UserError(f"{sweep_yaml}: report: expected a mapping with keys {', '.join(REPORT_META_KEYS)}")
+    out = {}
+    for k, v in block.items():
+        if k not in REPORT_META_KEYS:
+            raise UserError(f"{sweep_yaml}: report.{k}: unknown key (choose from {', '.join(REPORT_META_KEYS)})")
+        if k == "author" and isinstance(v, list) and v and all(isinstance(a, str) and a.strip() for a in v):
+            v = " and ".join(a.strip() for a in v)
+        if isinstance(v, int) and not isinstance(v, bool) and k == "year":
+            v = str(v)
+        if not isinstance(v, str) or not v.strip():
+            raise UserError(f"{sweep_yaml}: report.{k}: expected text"
+                            + (" or a list of names" if k == "author" else ""))
+        out[k] = v.strip()
+    return out
 
 
 def read_config(path: Path) -> dict:
@@ -133,7 +166,10 @@ def load_study(path: Path | str, warn: Callable[[Unreadable], None] = _stderr) -
             skip(rid, run.result, problem)
             continue
         try:
-            cfg = read_config_block(run.config, "method", blocks) if run.config.is_file() else {}
+            cfg = {}
+            if run.config.is_file():
+                for key in SETUP_BLOCKS:
+                    cfg.update(read_config_block(run.config, key, blocks))
         except Exception as exc:  # noqa: BLE001 - any broken config leaves out its run, never the report
             skip(rid, run.config, f"cannot read ({_one_line(exc)})")
             continue
@@ -198,7 +234,7 @@ def load_study(path: Path | str, warn: Callable[[Unreadable], None] = _stderr) -
         if not {"batch_size"} <= set(bias.columns) or not ({"rel_bias"} & set(bias.columns)):
             raise UserError(f"{bias_path}: expected columns batch_size and rel_bias")
     return Study(root.resolve().name, root, plan, hashlib.sha256(raw).hexdigest(), runs, curves, configs,
-                 missing, bias, unreadable)
+                 missing, bias, unreadable, read_report_meta(paths.sweep))
 
 
 def _method_labels(runs: pd.DataFrame) -> pd.Series:
