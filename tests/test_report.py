@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -359,3 +361,244 @@ def test_provenance_versions_come_from_package_metadata(report):
     code = "import sys; from bsstudy.provenance import environment; environment(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small study (2 methods x 2 batch sizes x 2 seeds) for the tests that build several reports."""
+    root = tmp_path_factory.mktemp("small") / "results" / "small"
+    write_study(root, ("simclr", "vicreg"), (64, 256), (1,), (0, 1))
+    return root
+
+
+@pytest.mark.slow
+def test_report_is_written_as_one_unit_and_a_failure_keeps_the_previous_one(small, tmp_path, monkeypatch):
+    from bsstudy.report import build as B
+
+    out = tmp_path / "reports" / "small"
+    build_report(small, out, log=lambda *a: None)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("report.md") in before and Path("report.html") in before
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(B, "to_html", full_disk)  # fails after report.md and the tables were written
+    with pytest.raises(OSError, match="No space left"):
+        build_report(small, out, log=lambda *a: None)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the previous report, whole
+    assert sorted(p.name for p in out.parent.iterdir()) == ["small"]  # no temporary folder left
+    monkeypatch.undo()
+    build_report(small, out, ("md",), log=lambda *a: None)  # a new report replaces the old one as a whole
+    assert (out / "report.md").exists() and not (out / "report.html").exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["small"]
+
+
+def test_report_never_replaces_a_folder_that_is_not_a_report(small, tmp_path):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a bsstudy report"):
+        build_report(small, keep, log=lambda *a: None)
+    assert (keep / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+@pytest.mark.slow
+def test_unreadable_runs_are_skipped_with_one_named_warning_each(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "results" / "hurt"
+    syn = write_study(root, ("simclr", "vicreg"), (64, 256), (1,), (0, 1, 2, 3))
+    rid = {cell: r for cell, r in syn.run_ids.items()}
+    cells = sorted(rid)
+    run = {c: root / "runs" / rid[c] for c in cells}
+    broken = {  # cell -> (file, what is written into it)
+        cells[0]: ("result.json", b'{"status": "done", "method": "\xff\xfe"}'),
+        cells[1]: ("result.json", b"[]"),
+        cells[2]: ("result.json", b"null"),
+        cells[3]: ("result.json", b'{"status": "done"}'),
+        cells[4]: ("config.yaml", b"method:\n  name: \xff\n"),
+        cells[5]: ("metrics.jsonl", b'{"epoch": 1, "loss": \xff}\n'),
+    }
+    for c, (name, data) in broken.items():
+        (run[c] / name).write_bytes(data)
+    locked = run[cells[6]]
+    real_read_text = Path.read_text
+
+    def read_text(self, *a, **k):  # tests run as root: chmod 000 would not stop them
+        if self.parent == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    out = tmp_path / "rep"
+    assert main(["report", str(root), "--out", str(out), "--format", "md"]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln]
+    assert len(err) == 7 and all(ln.startswith("report: warning: ") for ln in err)
+    assert "Traceback" not in "\n".join(err)
+    for c, (name, _) in broken.items():
+        assert sum(str(run[c] / name) in ln for ln in err) == 1
+    assert sum(str(locked / "result.json") in ln and "Permission" in ln for ln in err) == 1
+    assert sum("training curve left out" in ln for ln in err) == 1
+    assert any("missing field(s) method, batch_size, epochs, seed" in ln for ln in err)
+    runs = pd.read_csv(out / "runs.csv")
+    left_out = {rid[c] for c in list(broken)[:5]} | {rid[cells[6]]}
+    assert set(runs["run_id"]) == set(syn.run_ids.values()) - left_out  # the other 10 still count
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["runs_total"].sum() == 16 - 6
+    md = (out / "report.md").read_text()
+    section = md.split("## Runs not included (unreadable files)")[1].split("\n## ")[0]
+    assert all(r in section for r in left_out | {rid[cells[5]]})
+    assert not any(r in md.split("## Missing cells")[1].split("\n## ")[0] for r in left_out)
+
+
+@pytest.mark.slow
+def test_citation_names_the_runs_commits_the_users_entry_and_the_methods(tmp_path):
+    root = tmp_path / "results" / "cite"
+    syn = write_study(root, ("simclr", "vicreg"), (64, 256), (1,), (0, 1))
+    rids = sorted(syn.results)
+    for i, rid in enumerate(rids):  # two commits; one run from a dirty tree
+        p = root / "runs" / rid / "result.json"
+        r = json.loads(p.read_text())
+        r["git_commit"] = ("a" if i < 5 else "b") * 40
+        r["git_dirty"] = i == 0
+        p.write_text(json.dumps(r))
+    sweep = root / "sweep.yaml"
+    text = sweep.read_text() if sweep.exists() else "study: cite\n"
+    sweep.write_text(text + "report:\n  author: [Ada Lovelace, Alan Turing]\n  title: Batch size and SSL\n")
+    out = tmp_path / "rep"
+    build_report(root, out, ("md", "html"), log=lambda *a: None)
+    md = (out / "report.md").read_text()
+    setup = md.split("## Setup")[1].split("\n## ")[0]
+    assert f"The runs span 2 commits: `{'a' * 12}` (5 runs), `{'b' * 12}` (3 runs)" in setup
+    assert "1 run(s) were made from a tree with uncommitted changes" in setup
+    from bsstudy.provenance import git_state
+    head = git_state()[0]
+    assert head is None or head[:12] not in md  # the checkout rendering the report is not what made the runs
+    cite = md.split("## How to cite")[1]
+    assert "author = {Ada Lovelace and Alan Turing}" in cite and "title  = {Batch size and SSL}" in cite
+    assert f"commits {'a' * 12}, {'b' * 12}" in cite
+    for key in ("chen2020simclr", "bardes2022vicreg", "chen2021simsiam", "bezyazichniy2024unbiased"):
+        assert f"{{{key}," in cite
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["run_code"] == {"commits": {"a" * 40: 5, "b" * 40: 3}, "unknown": 0, "dirty": 1}
+    for f in [out / "report.md", out / "report.html", *out.rglob("*.csv"), *out.rglob("*.tex")]:
+        assert "seed 0" not in f.read_text().lower(), f  # sources are named, never by the project's seed numbers
+
+
+def test_study_entry_without_report_block_is_a_clear_placeholder(small):
+    from bsstudy.report.build import run_code, study_bibtex
+
+    study = load_study(small, warn=lambda u: None)
+    entry = study_bibtex(study, run_code(study.runs), "2025")
+    assert "AUTHOR (set report.author in the sweep file)" in entry and "TITLE (set report.title" in entry
+    (small / "sweep.yaml").write_text("study: small\nreport: {author: X, colour: red}\n")
+    try:
+        with pytest.raises(UserError, match=r"report\.colour: unknown key"):
+            load_study(small, warn=lambda u: None)
+    finally:
+        (small / "sweep.yaml").unlink()
+
+
+def test_setup_lists_what_reproducing_a_cell_needs_from_the_configs(tmp_path):
+    from bsstudy.layout import yaml_dump, yaml_load
+    from bsstudy.report.build import _setup
+
+    root = tmp_path / "results" / "setup"
+    write_study(root, ("simclr", "vicreg"), (64, 256), (1,), (0,))
+    for p in (root / "runs").glob("*/config.yaml"):  # the demo's settings, written as the planner would
+        cfg = yaml_load(p.read_text())
+        cfg["dataset"]["train_subset"] = 4096
+        cfg["model"]["width"] = 8
+        cfg["eval"]["max_train_samples"] = 2000
+        cfg["eval"]["probe_max_iter"] = 100
+        if cfg["method"]["name"] == "simclr":
+            cfg["method"]["projector"]["out_dim"] = 64
+        p.write_text(yaml_dump(cfg))
+    lines = _setup(load_study(root, warn=lambda u: None))
+    text = "\n".join(lines)
+    assert "pretraining images (dataset.train_subset): 4096; image size 28" in lines
+    model = next(ln for ln in lines if ln.startswith("model: "))
+    assert model.startswith("model: small_cnn (") and "width=8" in model and "feature_dim=256" in model
+    proj = next(ln for ln in lines if ln.startswith("projector (method.projector): "))
+    simclr, vicreg = proj.split(": ", 1)[1].split("; ")
+    assert simclr.startswith("simclr: ") and {"hidden_dim=2048", "out_dim=64"} <= set(simclr[8:].split(", "))
+    assert vicreg.startswith("vicreg: ") and {"hidden_dim=2048", "out_dim=2048"} <= set(vicreg[8:].split(", "))
+    assert "max_train_samples=2000" in text and "probe_max_iter=100" in text
+    assert "probe_weight_decays=[0, 1e-05, 0.0001, 0.001, 0.01, 0.1]" in text
+    aug = next(ln for ln in lines if ln.startswith("augmentation (dataset.augment): both views: "))
+    assert "crop_scale=[0.3, 1]" in aug and "crop_ratio=[0.75, 1.3333]" in aug and "hflip_p=0.5" in aug
+    lr = next(ln for ln in lines if ln.startswith("learning-rate rule: "))
+    assert "vicreg: base lr 0.2 at B=256, linear scaling (lr = base x B/256), optimizer lars" in lr
+    assert "simclr: base lr" in lr
+    opt = next(ln for ln in lines if ln.startswith("optimizer (optim): lars ("))
+    assert "weight_decay=1e-06" in opt and "momentum=0.9" in opt
+    loss = next(ln for ln in lines if ln.startswith("loss (method.loss): "))
+    assert "temperature=0.5" in loss and "inv_coeff=25" in loss and "var_coeff=25" in loss
+
+
+def test_reference_curves_have_one_style_in_every_figure_and_titles_fit(study):
+    root, _ = study
+    summary = summarize_cells(load_study(root, warn=lambda u: None).runs)
+    acc, rel = F.fig_accuracy(summary, "linear_top1"), F.fig_relative_drop(relative_drop(summary))
+
+    def styles(fig):
+        return {ln.get_label(): (ln.get_color(), ln.get_marker()) for ax in fig.axes for ln in ax.get_lines()
+                if "(ref:" in ln.get_label()}
+
+    assert styles(acc) == styles(rel) and len(styles(acc)) == len(REFERENCES)
+    for fig in (acc, rel, F.fig_collapse(summary)):
+        fig.canvas.draw()
+        box = fig.bbox
+        for ax in fig.axes:
+            t = ax.title.get_window_extent()
+            assert ax.get_title() and box.x0 <= t.x0 and t.x1 <= box.x1 and t.y1 <= box.y1, ax.get_title()
+
+
+def test_question_names_only_the_methods_run_and_one_epoch_is_singular(small):
+    from bsstudy.report.reading import question, reading
+
+    q = question(["simclr", "vicreg"])
+    assert "for SimCLR and VICReg?" in q and "unbiased" not in q
+    q = question(["simclr", "vicreg", "vicreg_unbiased[c4]"])
+    assert "SimCLR, VICReg and unbiased VICReg?" in q and "Does unbiased VICReg remove VICReg's" in q
+    runs = load_study(small, warn=lambda u: None).runs  # 1 epoch
+    summary = summarize_cells(runs)
+    text = reading(summary, headline(relative_drop(summary)), runs, 0)
+    assert "At 1 epoch (" in text and "1 epochs" not in text
+
+
+@pytest.mark.slow
+def test_reference_table_has_one_4096_column(small, tmp_path):
+    out = tmp_path / "rep"
+    build_report(small, out, ("md",), log=lambda *a: None)
+    md = (out / "report.md").read_text()
+    refs = md.split("### Published references")[1].split("\n### ")[0].split("\n## ")[0]
+    header = next(ln for ln in refs.splitlines() if ln.startswith("| method"))
+    assert header.split(" | ")[-1].strip(" |") == "4096" and "4092" not in header
+    assert "prints batch size 4092, almost certainly 4096" in refs
+    simclr = next(ln for ln in refs.splitlines() if ln.startswith("| SimCLR"))
+    assert simclr.rstrip(" |").endswith("64.6")  # its 4092 value sits in the 4096 column
+    assert "## Question" in md and "unbiased" not in md.split("## Question")[1].split("\n## ")[0]
+    assert "1 epochs" not in md
+
+
+def test_make_demo_writes_only_ignored_paths_and_demo_publish_the_committed_report():
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("make") is None or shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("needs make and a git checkout")
+
+    def dry(target: str) -> str:
+        res = subprocess.run(["make", "-n", target], cwd=repo, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    demo = dry("demo")
+    written = re.findall(r"--out (\S+)", demo) + re.findall(r"bsstudy submit (\S+)", demo)
+    assert "reports/demo-local" in written and "results/demo" in written
+    for path in written:  # every folder the demo writes is ignored by git: it never dirties the checkout
+        ignored = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", f"{path}/report.md"])
+        assert ignored.returncode == 0, f"{path} is not ignored by git"
+    assert re.search(r"bsstudy report results/demo --out reports/demo\n", dry("demo-publish"))

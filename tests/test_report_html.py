@@ -1,5 +1,6 @@
 """report.html is self-contained and shows every figure: checked on the HTML itself and, in headless
-Chromium, by the browser (each <img> decoded with naturalWidth > 0; the screenshot is not blank)."""
+Chromium at a 1,200 px window, by the browser (each <img> decoded with naturalWidth > 0; nothing wider
+than the window, the headline table included; the screenshot is not blank)."""
 from __future__ import annotations
 
 import base64
@@ -24,6 +25,15 @@ window.addEventListener('load', function () {
   document.body.setAttribute('data-img-ok', String(ok));
   document.body.setAttribute('data-img-total', String(imgs.length));
   document.body.setAttribute('data-errors', String(window.__errors || 0));
+  // width overflow at this window width: the page itself, and the headline table inside its box
+  var w = document.documentElement.clientWidth;
+  var wide = Array.prototype.slice.call(document.body.children).filter(function (e) {
+    return e.getBoundingClientRect().right > w + 1; }).length;
+  var h = Array.prototype.slice.call(document.querySelectorAll('h2')).filter(function (e) {
+    return e.textContent.indexOf('Headline') === 0; })[0];
+  var box = h.nextElementSibling, table = box.querySelector('table') || box;
+  document.body.setAttribute('data-overflow', String(wide + (document.documentElement.scrollWidth > w ? 1 : 0)));
+  document.body.setAttribute('data-headline-fits', String(table.getBoundingClientRect().width <= box.clientWidth + 1));
 });
 window.__errors = 0;
 window.addEventListener('error', function () { window.__errors += 1; }, true);
@@ -66,12 +76,15 @@ def _chromium(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_html_opens_in_headless_chromium_and_shows_every_figure(report, tmp_path):
     page = tmp_path / "check.html"
     page.write_text((report / "report.html").read_text().replace("</body>", CHECK + "</body>", 1))
-    dom = _chromium(["--virtual-time-budget=10000", "--dump-dom", page.as_uri()], tmp_path)
+    dom = _chromium(["--window-size=1200,2400", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                    tmp_path)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    m = re.search(r'data-img-ok="(\d+)" data-img-total="(\d+)" data-errors="(\d+)"', dom.stdout)
+    m = re.search(r'data-img-ok="(\d+)" data-img-total="(\d+)" data-errors="(\d+)" data-overflow="(\d+)" '
+                  r'data-headline-fits="(\w+)"', dom.stdout)
     assert m, dom.stdout[:500]
-    ok, total, errors = map(int, m.groups())
+    ok, total, errors, overflow = map(int, m.groups()[:4])
     assert total == len(list((report / "figures").glob("*.png"))) and ok == total and errors == 0
+    assert overflow == 0 and m.group(5) == "true"  # nothing wider than a 1,200 px window
 
     shot = tmp_path / "shot.png"
     res = _chromium(["--window-size=1200,2400", "--hide-scrollbars", f"--screenshot={shot}",

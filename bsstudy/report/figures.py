@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .references import REFERENCES  # noqa: E402
-from .tables import ACCURACY, baseline_level  # noqa: E402
+from .tables import ACCURACY, baseline_level, epochs_text  # noqa: E402
 
 # seaborn "colorblind"
 PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
@@ -31,6 +31,13 @@ PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#f
 DPI = 100
 # published reference curves: dark, dashed, own markers (never confused with our methods' colours)
 REF_STYLE = [("#222222", "s"), ("#8c564b", "^"), ("#7f7f7f", "D"), ("#555555", "v")]
+
+
+def ref_style(label: str) -> tuple[str, str]:
+    """(colour, marker) of the reference curve with legend label ``label``: one map for every figure,
+    by the reference's place in REFERENCES."""
+    i = next(i for i, r in enumerate(REFERENCES) if r.label == label)
+    return REF_STYLE[i % len(REF_STYLE)]
 
 
 def colors(methods) -> dict:
@@ -59,7 +66,9 @@ def _log2_axis(ax, batch_sizes) -> None:
     ax.set_xscale("log", base=2)
     bs = []
     for b in sorted(set(int(b) for b in batch_sizes)):
-        if not bs or b > 1.05 * bs[-1]:  # 4092 (as printed in seed 000) and 4096 share one tick
+        if bs and b <= 1.05 * bs[-1]:  # 4092 (as printed on the SimCLR-vs-VICReg slide) and 4096: one tick,
+            bs[-1] = b                  # labelled by the larger (the nominal 4096 of the reference table)
+        else:
             bs.append(b)
     ax.set_xticks(bs)
     ax.set_xticklabels([str(b) for b in bs], rotation=45 if len(bs) > 5 else 0)
@@ -99,7 +108,7 @@ def fig_accuracy(summary: pd.DataFrame, column: str = "linear_top1", references:
             if np.isfinite(base[1]):
                 ax.axhspan(base[0] - base[1], base[0] + base[1], color="0.5", alpha=0.12, linewidth=0)
         _log2_axis(ax, s["batch_size"])
-        ax.set_title(f"ours, {e} epochs")
+        ax.set_title(f"ours, {epochs_text(e)}")
         ax.set_xlabel("batch size")
         ax.set_ylabel(f"{ACCURACY[column]} top-1 (%)")
         ax.grid(alpha=0.3)
@@ -107,13 +116,13 @@ def fig_accuracy(summary: pd.DataFrame, column: str = "linear_top1", references:
             ax.legend(fontsize=8, loc="lower center")
     if references:
         ax = axes[0][-1]
-        for i, ref in enumerate(REFERENCES):
-            c, mk = REF_STYLE[i % len(REF_STYLE)]
+        for ref in REFERENCES:
+            c, mk = ref_style(ref.label)
             ax.plot(ref.batch_sizes, ref.top1, marker=mk, linestyle="--", color=c, label=ref.label)
         _log2_axis(ax, [b for r in REFERENCES for b in r.batch_sizes])
         lo, hi = min(min(r.top1) for r in REFERENCES), max(max(r.top1) for r in REFERENCES)
         ax.set_ylim(lo - 0.5 * (hi - lo), hi + 0.05 * (hi - lo))  # room for the legend below every point
-        ax.set_title("published (ImageNet, 100 ep): other scale")
+        ax.set_title("published: ImageNet, 100 ep (other scale)", fontsize=10)
         ax.set_xlabel("batch size")
         ax.set_ylabel("linear top-1 (%)")
         ax.grid(alpha=0.3)
@@ -135,8 +144,8 @@ def fig_relative_drop(drop: pd.DataFrame, column: str = "linear_top1") -> Figure
         for method, g in ours.groupby("method", sort=True):
             ax.plot(g["batch_size"], g["rel_drop_pct"], marker="o", color=col[method], label=f"{method} (ours, {e} ep)")
     refs = drop[drop["source"] == "reference"]
-    for i, (method, g) in enumerate(refs.groupby("method", sort=True)):
-        c, mk = REF_STYLE[i % len(REF_STYLE)]
+    for method, g in refs.groupby("method", sort=True):
+        c, mk = ref_style(method)
         ax.plot(g["batch_size"], g["rel_drop_pct"], marker=mk, linestyle="--", color=c, label=method)
     _log2_axis(ax, drop["batch_size"])
     ax.set_xlabel("batch size")
@@ -195,7 +204,7 @@ def fig_collapse(summary: pd.DataFrame) -> Figure:
             _log2_axis(ax, s["batch_size"])
             ax.set_ylabel(name)
             ax.set_xlabel("batch size")
-            ax.set_title(f"{name}, {e} epochs", fontsize=9)
+            ax.set_title(f"{name}, {epochs_text(e)}", fontsize=9)
             ax.grid(alpha=0.3)
             if i == 0 and j == 0:
                 ax.legend(fontsize=7, loc="lower right")

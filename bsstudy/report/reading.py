@@ -15,7 +15,7 @@ import pandas as pd
 from ..layout import Status
 from ..registry import METHODS, split_label
 from .references import REFERENCES
-from .tables import ACCURACY, baseline_level
+from .tables import ACCURACY, baseline_level, epochs_text
 
 
 def _pct(x: float) -> str:
@@ -70,6 +70,22 @@ def _pair_sentence(u: str, p: str, by: dict, s: pd.DataFrame, column: str) -> st
     return f"{u}'s largest drop is {_pct(du)} against {plugin}'s {_pct(dv)}, {verdict}."
 
 
+def _names(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def question(labels) -> str:
+    """The report's question, naming the methods of this study (method labels ``labels``) by their
+    registry titles; the unbiased-vs-plug-in question only when the study has such a pair."""
+    names = list(dict.fromkeys(_title(split_label(lb)[0]) for lb in sorted(labels)))
+    text = ("How does the quality of self-supervised representations (linear-probe and kNN top-1) depend on the "
+            f"batch size, and on the epoch budget, for {_names(names) if names else 'the methods run'}?")
+    pairs = list(dict.fromkeys((split_label(u)[0], split_label(p)[0]) for u, p in unbiased_pairs(labels)))
+    for u, p in pairs:
+        text += f" Does {_title(u)} remove {_title(p)}'s batch-size dependence?"
+    return text + " The headline number is each method's relative drop from its best batch size."
+
+
 def _init_sentences(o: pd.DataFrame, s: pd.DataFrame, column: str, label: str,
                     base: pd.DataFrame | None) -> list[str]:
     """Compare each method's best cell with the untrained network under the same probe (eval.at_init)."""
@@ -113,10 +129,10 @@ def reading(summary: pd.DataFrame, head: pd.DataFrame, runs: pd.DataFrame, n_mis
         s = summary[summary["epochs"] == e]
         worst, least = o.iloc[-1], o.iloc[0]
         if s[np.isfinite(s[f"{column}_mean"])]["batch_size"].nunique() < 2:
-            parts.append(f"At {e} epochs only one batch size has finished runs, so no batch-size dependence can "
+            parts.append(f"At {epochs_text(e)} only one batch size has finished runs, so no batch-size dependence can "
                          "be read yet.")
         parts.append(
-            f"At {e} epochs ({label} probe, batch sizes {worst['batch_sizes']}), {worst['method']} drops most from "
+            f"At {epochs_text(e)} ({label} probe, batch sizes {worst['batch_sizes']}), {worst['method']} drops most from "
             f"its best batch size: {_pct(worst['max_rel_drop_pct'])} relative, from {worst['best_top1_pct']:.1f}% "
             f"at B={worst['best_batch_size']} to {worst['worst_top1_pct']:.1f}% at B={worst['worst_batch_size']}.")
         if len(o) > 1:

@@ -72,10 +72,11 @@ def _inline(text: str) -> str:
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border-bottom:1px solid #ccc;padding:.25em .6em;text-align:right}
+div.table{max-width:100%;overflow-x:auto}table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border-bottom:1px solid #ccc;padding:.25em .6em;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #444}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#555}
-pre{background:#f6f6f6;padding:.8em;overflow-x:auto}code{background:#f3f3f3;padding:0 .2em}"""
+pre{background:#f6f6f6;padding:.8em;overflow-x:auto}code{background:#f3f3f3;padding:0 .2em;overflow-wrap:anywhere}
+li,p{overflow-wrap:anywhere}"""
 
 
 def to_html(blocks: list, title: str, base: Path) -> str:
@@ -88,10 +89,11 @@ def to_html(blocks: list, title: str, base: Path) -> str:
         elif isinstance(b, P):
             out.append(f"<p>{_inline(b.text)}</p>")
         elif isinstance(b, Table):
-            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in b.df.columns)
+            # long column names (best_top1_pct) may break after an underscore: tables fit the page
+            head = "".join(f"<th>{html.escape(str(c)).replace('_', '_<wbr>')}</th>" for c in b.df.columns)
             body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(x))}</td>" for x in row) + "</tr>"
                            for row in b.df.itertuples(index=False))
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            out.append(f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
         elif isinstance(b, Img):
             data = base64.b64encode((base / b.rel).read_bytes()).decode()
             out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.caption)}" '

@@ -26,6 +26,12 @@ INIT_METRICS = {"init_linear_top1": "linear", "init_knn_top1": "kNN"}  # columns
 FLOAT_FORMAT = "%.6g"
 
 
+def epochs_text(e) -> str:
+    """"1 epoch", "5 epochs"."""
+    e = int(e)
+    return f"{e} epoch" + ("" if e == 1 else "s")
+
+
 def to_csv(df: pd.DataFrame) -> str:
     """CSV text with a fixed float format (byte-stable for the same data)."""
     return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
