@@ -20,6 +20,10 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "vicreg": VICReg,
     "vicreg_unbiased": UnbiasedVICReg,
 }
+# objectives with inputs beyond (z1, z2): predictor outputs, target embeddings, dataset indices (stateful.py)
+from .stateful import STATEFUL_OBJECTIVES, StatefulObjective  # noqa: E402
+
+OBJECTIVES.update(STATEFUL_OBJECTIVES)
 
 
 def build_objective(name: str, **params: Any) -> Objective:
@@ -38,4 +42,4 @@ def build_objective(name: str, **params: Any) -> Objective:
 
 
 __all__ = ["OBJECTIVES", "build_objective", "Objective", "ObjectiveOutput", "SimCLR", "VICReg", "UnbiasedVICReg",
-           "VARIANCE_SCHEMES", "COV_TARGETS", "estimators"]
+           "VARIANCE_SCHEMES", "COV_TARGETS", "estimators", "StatefulObjective"]
