@@ -1,4 +1,5 @@
-"""Backbones (small_cnn, resnet18, resnet50) and the projector; ``SSLModel(x) -> (features, embeddings)``.
+"""Backbones (small_cnn, resnet18, resnet50), the projector and the predictor;
+``SSLModel(x) -> (features, embeddings)``, ``SSLModel(x, predict=True) -> (features, embeddings, predictions)``.
 
 Backbones return pooled features ``(B, feature_dim)``; the linear probe and kNN read these, the SSL loss
 reads the projector's output. All modules work with channels_last inputs and weights.
@@ -91,13 +92,15 @@ def build_backbone(model_cfg: Any, channels: int, image_size: int) -> nn.Module:
     raise UserError(f"unknown model '{name}' (expected one of resnet18, resnet50, small_cnn)")
 
 
-def build_projector(in_dim: int, projector_cfg: Any) -> nn.Module:
-    """MLP head: ``layers`` linear layers (hidden_dim wide), BN (optional) + ReLU between them, last one plain."""
+def build_projector(in_dim: int, projector_cfg: Any, what: str = "projector") -> nn.Module:
+    """MLP head: ``layers`` linear layers (hidden_dim wide), BN (optional) + ReLU between them, last one plain;
+    with ``out_batch_norm`` (SimSiam's projector) a BatchNorm without affine parameters after the last one."""
     layers = int(_get(projector_cfg, "layers"))
     hidden, out = int(_get(projector_cfg, "hidden_dim")), int(_get(projector_cfg, "out_dim"))
     bn = bool(_get(projector_cfg, "batch_norm"))
+    out_bn = bool(_get(projector_cfg, "out_batch_norm", False))  # absent from the groups that predate it
     if layers < 1 or hidden < 1 or out < 1:
-        raise UserError(f"projector needs layers >= 1, hidden_dim >= 1, out_dim >= 1; got {layers}, {hidden}, {out}")
+        raise UserError(f"{what} needs layers >= 1, hidden_dim >= 1, out_dim >= 1; got {layers}, {hidden}, {out}")
     mods: list[nn.Module] = []
     d = in_dim
     for _ in range(layers - 1):
@@ -106,18 +109,37 @@ def build_projector(in_dim: int, projector_cfg: Any) -> nn.Module:
             mods.append(nn.BatchNorm1d(hidden))
         mods.append(nn.ReLU(inplace=True))
         d = hidden
-    mods.append(nn.Linear(d, out))
+    mods.append(nn.Linear(d, out, bias=not out_bn))
+    if out_bn:
+        mods.append(nn.BatchNorm1d(out, affine=False))
     return nn.Sequential(*mods)
 
 
-class SSLModel(nn.Module):
-    """Backbone + projector; ``forward(x) -> (features, embeddings)``."""
+def build_predictor(dim: int, predictor_cfg: Any) -> nn.Module:
+    """Predictor head of SimSiam/BYOL: an MLP from the embedding (``dim``) back to ``dim``, with the
+    projector's layout (``layers``, ``hidden_dim``, ``batch_norm``; no BN on its output)."""
+    layers = int(_get(predictor_cfg, "layers"))
+    cfg = {"layers": layers, "hidden_dim": int(_get(predictor_cfg, "hidden_dim")), "out_dim": dim,
+           "batch_norm": bool(_get(predictor_cfg, "batch_norm"))}
+    return build_projector(dim, cfg, what="predictor")
 
-    def __init__(self, backbone: nn.Module, projector: nn.Module) -> None:
+
+class SSLModel(nn.Module):
+    """Backbone + projector (+ optional predictor); ``forward(x) -> (features, embeddings)``, and with
+    ``predict=True`` ``(features, embeddings, predictor(embeddings))``. The predictor runs inside ``forward``
+    so that a DistributedDataParallel wrapper sees all parameters used."""
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.projector = projector
+        self.predictor = predictor
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, predict: bool = False):
         features = self.backbone(x)
-        return features, self.projector(features)
+        z = self.projector(features)
+        if not predict:
+            return features, z
+        if self.predictor is None:
+            raise ValueError("SSLModel.forward(predict=True) needs a model built with a predictor")
+        return features, z, self.predictor(z)

@@ -29,6 +29,21 @@ class MethodSpec:
     # the method whose plug-in (minibatch) estimate this one makes unbiased: the report's reading
     # compares the two methods' batch-size dependence
     unbiased_of: str | None = None
+    # What the trainer gives the objective besides z1, z2 (each built once, in bsstudy/train/):
+    needs_predictor: bool = False      # a predictor head on the projector: p1, p2 (models.build_predictor)
+    needs_target: bool = False         # a momentum (EMA) copy of backbone+projector: t1, t2 (train/target.py)
+    needs_queue: bool = False          # a FIFO queue of target keys, kept in the objective's state
+    needs_indices: bool = False        # dataset positions of the batch rows (per-sample state): indices
+
+    @property
+    def stateful(self) -> bool:
+        """Whether a step depends on more than the batch: a target network, a queue or per-sample state."""
+        return self.needs_target or self.needs_queue or self.needs_indices
+
+    @property
+    def needs_num_samples(self) -> bool:
+        """Whether the objective is told the pretraining set's size (queue bound, per-sample state)."""
+        return self.needs_queue or self.needs_indices
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -40,6 +55,11 @@ METHODS: dict[str, MethodSpec] = {
         choices={"variance": ("jackknife", "jackknife_ema_gate", "ema", "c4", "plugin"),
                  "cov_target": ("identity", "offdiag")},
         variant_params=("variance", "cov_target"), title="unbiased VICReg", unbiased_of="vicreg"),
+    # stateful / predictor methods (bsstudy/objectives/stateful.py)
+    "simsiam": MethodSpec("simsiam", family="predictor", title="SimSiam", needs_predictor=True),
+    "byol": MethodSpec("byol", family="predictor", title="BYOL", needs_predictor=True, needs_target=True),
+    "mocov2": MethodSpec("mocov2", family="queue", title="MoCo v2", needs_target=True, needs_queue=True),
+    "sogclr": MethodSpec("sogclr", family="contrastive", title="SogCLR", needs_indices=True),
 }
 
 
@@ -54,6 +74,22 @@ def method_spec(name: str, source: str = "method.name") -> MethodSpec:
         return METHODS[name]
     except (KeyError, TypeError):
         raise UserError(f"{source}: unknown method {name!r} (choose from {', '.join(METHODS)})") from None
+
+
+def bias_refusal(name: str) -> str | None:
+    """Why ``bsstudy bias`` cannot measure method ``name`` (one line), or None when it can: the bias instrument
+    feeds an objective two views' embeddings only, and measures the gradient of one batch's loss."""
+    spec = method_spec(name)
+    if spec.needs_target or spec.needs_queue:
+        return (f"{name}: its loss depends on a momentum target network and/or a queue built up over training "
+                "steps, so a single batch's gradient bias is not defined; not measured")
+    if spec.needs_indices:
+        return (f"{name}: its loss uses per-sample moving-average state carried across epochs, so a single "
+                "batch's gradient bias is not defined; not measured")
+    if spec.needs_predictor:
+        return (f"{name}: its loss needs a predictor head's outputs besides the embeddings and has no batch "
+                "interaction (per-sample loss: minibatch gradients are unbiased by construction); not measured")
+    return None
 
 
 def variance_schemes() -> tuple[str, ...]:
@@ -84,4 +120,4 @@ def split_label(label: str) -> tuple[str, str]:
 
 
 __all__ = ["MethodSpec", "METHODS", "method_names", "method_spec", "variance_schemes", "variant", "method_label",
-           "split_label"]
+           "split_label", "bias_refusal"]

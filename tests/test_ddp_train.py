@@ -80,6 +80,11 @@ def _no_augment(view: str) -> list[str]:
             f"{a}.grayscale_p=0.0", f"{a}.blur_p=0.0", f"{a}.solarize_p=0.0"]
 
 
+# Per-method overrides for the tiny cell (128 images): MoCo's queue must fit the data.
+METHOD_ARGS = {"mocov2": ["method.loss.queue_size=48"], "byol": ["method.predictor.hidden_dim=16"],
+               "simsiam": ["method.predictor.hidden_dim=8"]}
+
+
 def _tiny_cell(run_dir: Path, method: str, ranks: int, sync_bn: bool = True) -> Path:
     from omegaconf import OmegaConf
 
@@ -91,7 +96,7 @@ def _tiny_cell(run_dir: Path, method: str, ranks: int, sync_bn: bool = True) -> 
         "method.projector.hidden_dim=32", "method.projector.out_dim=16", "dataset.train_subset=128",
         "eval.linear=false", "eval.knn=false", "eval.max_train_samples=64",
         f"distributed.gpus_per_node={ranks}", f"distributed.sync_bn={str(sync_bn).lower()}",
-        *_no_augment("view1"), *_no_augment("view2"), f"out={run_dir}",
+        *_no_augment("view1"), *_no_augment("view2"), *METHOD_ARGS.get(method, []), f"out={run_dir}",
     ])
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -129,9 +134,10 @@ TOL = 1e-2
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["vicreg_unbiased", "simclr"])
+@pytest.mark.parametrize("method", ["vicreg_unbiased", "simclr", "byol", "mocov2", "sogclr"])
 def test_two_ranks_train_like_one(tmp_path: Path, method: str) -> None:
-    """2 epochs on 2 gloo ranks x 16 == 1 rank x 32 (global batch 32): same losses and parameters."""
+    """2 epochs on 2 gloo ranks x 16 == 1 rank x 32 (global batch 32): same losses and parameters, and for
+    the stateful methods the same momentum target, MoCo queue (gathered keys) and SogCLR u (gathered indices)."""
     one = _tiny_cell(tmp_path / "w1", method, 1)
     two = _tiny_cell(tmp_path / "w2", method, 2)
     _spawn(_train_worker, 1, str(one))
@@ -140,6 +146,21 @@ def test_two_ranks_train_like_one(tmp_path: Path, method: str) -> None:
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] < TOL, f"{worst}: relative difference {diffs[worst]:.2e}"
     assert _losses(one) == pytest.approx(_losses(two), rel=1e-5)
+    s1, s2 = (torch.load(d / "checkpoints" / "last.pt", weights_only=False) for d in (one, two))
+    states = {f"target.{k}": (v, s2["target"][k]) for k, v in (s1["target"] or {}).items()}
+    states.update({f"objective.{k}": (v, s2["objective"][k]) for k, v in s1["objective"].items()})
+    for k, (a, b) in states.items():
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            rel = float((a - b).norm() / a.norm().clamp_min(1e-12))
+            assert rel < TOL, f"{k}: relative difference {rel:.2e}"
+        elif isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), k
+        else:
+            assert a == b, k
+    if method == "sogclr":   # every image visited: u > 0 everywhere, same positions on both
+        assert bool((s1["objective"]["u"] > 0).all()) and bool((s2["objective"]["u"] > 0).all())
+    if method == "mocov2":
+        assert s1["objective"]["enqueued"] == s2["objective"]["enqueued"] == 8 * 32
     assert torch.load(two / "checkpoints" / "last.pt", weights_only=False)["world_size"] == 2
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["last.pt", "previous.pt"]
     import json

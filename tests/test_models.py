@@ -88,3 +88,28 @@ def test_model_config_errors():
         build_backbone({"name": "resnet18", "stem": "tiny", "feature_dim": 512}, 3, 32)
     with pytest.raises(UserError, match="layers"):
         build_projector(8, {"layers": 0, "hidden_dim": 4, "out_dim": 4, "batch_norm": True})
+
+
+def test_predictor_and_predict_forward():
+    """The predictor maps embeddings back to their width; forward(predict=True) adds its output; SimSiam's
+    projector option out_batch_norm ends in an affine-free BatchNorm; a model without predictor refuses."""
+    from bsstudy.models import build_predictor
+
+    torch.manual_seed(0)
+    bb = build_backbone({"name": "small_cnn", "width": 4, "feature_dim": 16}, 1, 28)
+    proj = build_projector(16, {"layers": 3, "hidden_dim": 32, "out_dim": 24, "batch_norm": True,
+                                "out_batch_norm": True})
+    assert isinstance(proj[-1], nn.BatchNorm1d) and not proj[-1].affine and proj[-2].bias is None
+    pred = build_predictor(24, {"layers": 2, "hidden_dim": 6, "batch_norm": True})
+    assert [m.out_features for m in pred if isinstance(m, nn.Linear)] == [6, 24]
+    model = SSLModel(bb, proj, pred)
+    f, z, p = model(torch.randn(5, 1, 28, 28), predict=True)
+    assert f.shape == (5, 16) and z.shape == p.shape == (5, 24)
+    f2, z2 = model(torch.randn(5, 1, 28, 28))
+    assert z2.shape == (5, 24)
+    plain = SSLModel(bb, proj)
+    assert not any(k.startswith("predictor") for k in plain.state_dict())
+    with pytest.raises(ValueError, match="predictor"):
+        plain(torch.randn(2, 1, 28, 28), predict=True)
+    with pytest.raises(UserError, match="predictor needs layers"):
+        build_predictor(24, {"layers": 0, "hidden_dim": 6, "batch_norm": True})

@@ -148,3 +148,52 @@ def test_eval_at_init_probes_the_untrained_network_once(tmp_path):
     assert count.calls[0][2] == 4
     assert sum(c[2] for c in count.calls[1:5]) / 4 == pytest.approx(plain["final_loss"])
     assert not (tmp_path / "plain" / "init_eval.json").exists()
+
+
+@pytest.mark.parametrize("method,extra", [("simsiam", ["method.predictor.hidden_dim=8"]),
+                                          ("byol", ["method.predictor.hidden_dim=8"]),
+                                          ("mocov2", ["method.loss.queue_size=64"]), ("sogclr", [])])
+def test_step_gives_each_method_what_its_registry_entry_asks_for(tmp_path, method, extra):
+    """One epoch: the objective receives predictor outputs / target embeddings / the rows' dataset positions
+    (the epoch permutation, in order) exactly when the registry says; the target moves once per step, after
+    the optimizer step, with tau from the schedule at k = steps before it."""
+    from bsstudy.registry import METHODS
+    from bsstudy.train.epoch import train_epoch
+    from bsstudy.train.setup import Dist, build_run
+    from bsstudy.train.target import momentum_at
+
+    cfg = load_run_config(_make(tmp_path, method, [f"method={method}", "device=cpu", *extra]) / "config.yaml")
+    run = build_run(cfg, Dist())
+    spec = METHODS[method]
+    assert (run.model.predictor is not None) == spec.needs_predictor
+    assert (run.target is not None) == spec.needs_target
+    seen, taus = [], []
+    objective = run.objective
+
+    def spy(z1, z2, **kw):
+        seen.append({k: v.detach().clone() for k, v in kw.items()})
+        return objective(z1, z2, **kw)
+
+    run.objective = spy
+    if run.target is not None:
+        update = run.target.update
+
+        def spy_update(model, step):
+            taus.append((step, update(model, step)))
+            return taus[-1][1]
+
+        run.target.update = spy_update
+    train_epoch(run, 1)
+    want = ({"p1", "p2"} if spec.needs_predictor else set()) | ({"t1", "t2"} if spec.needs_target else set()) | (
+        {"indices"} if spec.needs_indices else set())
+    assert all(set(s) == want for s in seen) and len(seen) == run.steps_per_epoch
+    if spec.needs_indices:
+        perm = epoch_permutation(len(run.images), int(cfg.seed), 1)
+        assert torch.equal(torch.cat([s["indices"] for s in seen]), perm[:run.steps_per_epoch * 32])
+        assert objective.num_samples == 128
+    if spec.needs_target:
+        total = run.steps_per_epoch * int(cfg.epochs)
+        assert [k for k, _ in taus] == list(range(run.steps_per_epoch))
+        assert [t for _, t in taus] == [momentum_at(k, total, float(cfg.method.target.base_momentum),
+                                                    str(cfg.method.target.schedule)) for k in range(len(taus))]
+        assert not any(t.requires_grad for s in seen for t in (s["t1"], s["t2"]))

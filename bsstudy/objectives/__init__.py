@@ -16,6 +16,8 @@ from ..registry import method_names
 from . import estimators
 from .losses import COV_TARGETS, VARIANCE_SCHEMES, Objective, ObjectiveOutput, SimCLR, UnbiasedVICReg, VICReg
 
+# objectives with inputs beyond (z1, z2): predictor outputs, target embeddings, dataset indices (stateful.py)
+from .stateful import StatefulObjective  # noqa: E402  (imported so its subclasses are found)
 
 def _objective_classes() -> dict[str, type[Objective]]:
     """Every imported ``Objective`` subclass by its ``name`` (subclasses of subclasses included)."""
@@ -57,4 +59,4 @@ def build_objective(name: str, **params: Any) -> Objective:
 
 
 __all__ = ["OBJECTIVES", "build_objective", "Objective", "ObjectiveOutput", "SimCLR", "VICReg", "UnbiasedVICReg",
-           "VARIANCE_SCHEMES", "COV_TARGETS", "estimators"]
+           "VARIANCE_SCHEMES", "COV_TARGETS", "estimators", "StatefulObjective"]

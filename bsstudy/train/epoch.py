@@ -47,18 +47,19 @@ def train_epoch(run: Run, epoch: int, hooks: Sequence[Hook] = ()) -> EpochResult
     steps = 0
     for step in range(run.steps_per_epoch):
         lo = step * run.batch_size + run.dist.rank * run.local_batch
-        x = run.images[perm[lo:lo + run.local_batch]]
+        idx = perm[lo:lo + run.local_batch]
+        x = run.images[idx]
         v1, v2 = run.augment(x, run.aug_gen)
         v1 = v1.contiguous(memory_format=run.memory_format)
         v2 = v2.contiguous(memory_format=run.memory_format)
         lr_sum += run.optimizer.param_groups[0]["lr"]
-        with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-            _, z1 = run.forward(v1)
-            _, z2 = run.forward(v2)
-        out = run.objective(z1.float(), z2.float())
+        z1, z2, extra = _forward(run, v1, v2, idx)
+        out = run.objective(z1, z2, **extra)
         run.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         run.optimizer.step()
+        if run.target is not None:   # after the optimizer step, with k = steps completed before this one
+            run.target.update(run.model, run.schedule.step_count)
         run.schedule.step()
         steps += 1
         loss_sum += out.loss.detach().double()
@@ -75,6 +76,26 @@ def train_epoch(run: Run, epoch: int, hooks: Sequence[Hook] = ()) -> EpochResult
     for h in hooks:
         h.epoch_end(epoch)
     return _epoch_result(run, epoch, steps, seconds, loss_sum, term_sums, lr_sum, z1)
+
+
+def _forward(run: Run, v1: torch.Tensor, v2: torch.Tensor,
+             idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Embeddings of both views and the objective's other inputs its registry entry asks for: predictor
+    outputs p1, p2; target embeddings t1, t2 (no gradient); the rows' dataset positions ``indices``."""
+    spec, extra = run.spec, {}
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        if spec.needs_predictor:
+            _, z1, p1 = run.forward(v1, predict=True)
+            _, z2, p2 = run.forward(v2, predict=True)
+            extra.update(p1=p1.float(), p2=p2.float())
+        else:
+            _, z1 = run.forward(v1)
+            _, z2 = run.forward(v2)
+        if run.target is not None:
+            extra.update(t1=run.target(v1).float(), t2=run.target(v2).float())
+    if spec.needs_indices:
+        extra["indices"] = idx
+    return z1.float(), z2.float(), extra
 
 
 def _epoch_result(run: Run, epoch: int, steps: int, seconds: float, loss_sum: torch.Tensor,

@@ -1,8 +1,10 @@
 """A run's checkpoint: what it holds (``checkpoint_state``), saving it, and resuming from it.
 
 Files and RNG capture are bsstudy/train/checkpoint.py's; this module decides what of a ``Run`` goes in.
-Checkpoints of older versions load too: ``world_size``, ``augment_per_rank`` and ``last_loss`` may be
-absent, and a ``scaler`` entry (always None) is ignored.
+Checkpoints of older versions load too: ``world_size``, ``augment_per_rank``, ``last_loss`` and ``target``
+may be absent, and a ``scaler`` entry (always None) is ignored. Method state lives in two entries, both
+plain tensors/dicts/ints: ``target`` (the momentum target network's parameters and buffers, or None) and
+``objective`` (the objective's ``state_dict()``: the MoCo queue and its pointer, SogCLR's per-sample u).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         "augment_per_rank": ddp.gather_objects(run.aug_gen.get_state()), "world_size": run.dist.world_size,
         "epoch": p.epoch, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "schedule": run.schedule.state_dict(), "objective": run.objective.state_dict(),
+        "target": None if run.target is None else run.target.state(),
         "rng": rng_state({"augment": run.aug_gen}),
         "train_seconds": p.train_seconds, "images_seen": p.images_seen, "last_loss": p.last_loss,
         "config_hash": config_hash(run.cfg),
@@ -43,6 +46,11 @@ def restore(run: Run, st: dict[str, Any], where: Path) -> None:
     run.optimizer.load_state_dict(st["optimizer"])
     run.schedule.load_state_dict(st["schedule"])
     run.objective.load_state_dict(st["objective"])
+    if (st.get("target") is None) != (run.target is None):
+        raise UserError(f"{where}: checkpoint {'lacks' if run.target is not None else 'has'} a momentum "
+                        "target network; remove the checkpoints or use another run dir")
+    if run.target is not None:
+        run.target.load_state(st["target"])
     set_rng_state(st["rng"], {"augment": run.aug_gen})
     world = st.get("world_size", 1)   # absent in checkpoints written before DDP
     if world != run.dist.world_size:

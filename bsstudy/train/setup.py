@@ -16,9 +16,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import UserError
+from ..registry import MethodSpec, method_spec
 from ..runtime import resolve_device
 from . import distributed as ddp
 from .optim import WarmupCosine, build_optimizer
+from .target import MomentumTarget
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ class Run:
     forward: torch.nn.Module       # what trains: model, DDP-wrapped and/or compiled
     memory_format: torch.memory_format
     objective: Any
+    spec: MethodSpec               # what the objective needs besides z1, z2 (registry)
+    target: MomentumTarget | None  # momentum target network (methods with spec.needs_target)
     lr: float
     optimizer: torch.optim.Optimizer
     schedule: WarmupCosine
@@ -113,7 +117,7 @@ def build_run(cfg: DictConfig, dist: Dist) -> Run:
     """Seed, then build data, augmentation, model, objective, optimizer and schedule of ``cfg``."""
     from ..data import load_dataset
     from ..data.augment import TwoViewAugment
-    from ..models import SSLModel, build_backbone, build_projector
+    from ..models import SSLModel, build_backbone, build_predictor, build_projector
     from ..objectives import build_objective
 
     device = resolve_device(str(cfg.device), dist.local_rank, source="device")
@@ -131,26 +135,37 @@ def build_run(cfg: DictConfig, dist: Dist) -> Run:
     augment = TwoViewAugment(cfg.dataset, device)
     aug_gen = torch.Generator().manual_seed(int(cfg.seed) * 7919 + dist.rank)
 
+    spec = method_spec(str(cfg.method.name))
     backbone = build_backbone(cfg.model, int(cfg.dataset.channels), int(cfg.dataset.image_size))
-    model = SSLModel(backbone, build_projector(backbone.feature_dim, cfg.method.projector))
+    projector = build_projector(backbone.feature_dim, cfg.method.projector)
+    # drawn after the projector, so methods without one initialise exactly as before
+    predictor = (build_predictor(int(cfg.method.projector.out_dim), cfg.method.predictor)
+                 if spec.needs_predictor else None)
+    model = SSLModel(backbone, projector, predictor)
     if dist.world_size > 1 and cfg.distributed.sync_bn:
         model = ddp.convert_sync_batchnorm(model, device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=memory_format)
     forward: torch.nn.Module = model
+    total_steps = steps_per_epoch * int(cfg.epochs)
+    # a copy of the (converted, placed) online network: same BatchNorm kind, device and memory format
+    target = (MomentumTarget(model, float(cfg.method.target.base_momentum), str(cfg.method.target.schedule),
+                             total_steps) if spec.needs_target else None)
     if dist.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
         forward = torch.compile(forward)
     objective = build_objective(str(cfg.method.name), **OmegaConf.to_container(cfg.method.loss))
+    if spec.needs_num_samples:
+        objective.bind(len(images))
 
     lr = float(cfg.lr.effective)
     optimizer = build_optimizer(model, cfg.optim, lr)
-    schedule = WarmupCosine(optimizer, lr, steps_per_epoch * int(cfg.epochs),
+    schedule = WarmupCosine(optimizer, lr, total_steps,
                             int(round(float(cfg.optim.warmup_epochs) * steps_per_epoch)),
                             float(cfg.optim.min_lr_ratio), str(cfg.optim.schedule))
     return Run(cfg=cfg, dist=dist, device=device, amp_dtype=amp_dtype, images=images, batch_size=batch_size,
                local_batch=batch_size // dist.world_size, steps_per_epoch=steps_per_epoch, augment=augment,
                aug_gen=aug_gen, model=model, forward=forward, memory_format=memory_format, objective=objective,
-               lr=lr, optimizer=optimizer, schedule=schedule)
+               spec=spec, target=target, lr=lr, optimizer=optimizer, schedule=schedule)
