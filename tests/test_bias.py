@@ -460,3 +460,12 @@ def test_end_to_end_on_fashion_mnist_and_from_checkpoint(tmp_path) -> None:
     with pytest.raises(UserError, match="no such file"):
         run(Settings(checkpoint=str(tmp_path / "missing.pt"), pool=64, batch_sizes=[8], repeats=6, groups=3),
             progress=False)
+
+
+@pytest.mark.parametrize("name", ["simsiam", "byol", "mocov2", "sogclr"])
+def test_stateful_objectives_are_refused_with_one_line(name, capsys):
+    from bsstudy.cli import main
+
+    assert main(["bias", "--objectives", name, "--out", "/nonexistent/never-written"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and name in err and "not measured" in err

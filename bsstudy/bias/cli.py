@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from ..errors import UserError
 from ..provenance import git_state, versions
-from ..registry import method_names, method_spec, variance_schemes
+from ..registry import bias_refusal, method_names, method_spec, variance_schemes
 
 DEFAULT_BATCH_SIZES = (8, 32, 128, 512)
 # The default selection (and bias.csv row order) of the registry's methods (--objectives: any of them).
@@ -83,6 +83,10 @@ def check(s: Settings) -> None:
         raise UserError(f"--level {s.level}: must be in (0, 1)")
     if s.chunk < 1:
         raise UserError(f"--chunk {s.chunk}: must be >= 1")
+    for o in s.objectives:
+        reason = bias_refusal(o)
+        if reason is not None:  # stateful objectives: docs/bias.md says what is (not) defined for them
+            raise UserError(f"--objectives: {reason}")
     need = max(method_spec(o, source="--objectives").min_rows for o in s.objectives)
     for b in s.batch_sizes:
         if b < need:
