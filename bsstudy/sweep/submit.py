@@ -14,9 +14,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import locks
 from ..errors import UserError
@@ -397,21 +398,61 @@ def _detach_local(study_dir: Path, parallel: int | None, lock_fd: int | None, ou
     return 0
 
 
-def _stop_jobs(running: dict[str, Any], grace_s: float = 20.0) -> None:
-    """Stop local jobs and wait until their processes are gone (SIGINT to each submitit controller, which
-    interrupts its task, then SIGKILL after ``grace_s``): nothing keeps training once submit returns."""
-    for job in running.values():
-        job.cancel(check=False)
-    end = time.monotonic() + grace_s
-    for job in running.values():
-        proc = getattr(job, "_process", None)
-        if proc is None:
-            continue
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc; empty elsewhere)."""
+    out = []
+    for d in Path("/proc").glob("[0-9]*"):
         try:
-            proc.wait(timeout=max(0.1, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            if int((d / "stat").read_text().rsplit(")", 1)[-1].split()[1]) == pid:
+                out.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def _stop_jobs(running: dict[str, Any], signalled: bool, grace_s: float = 20.0) -> None:
+    """Stop local jobs and wait until their processes are gone: nothing keeps training once submit returns.
+
+    Each job is a submitit controller that stops its task when it gets SIGINT. After a Ctrl-C at a
+    terminal the controllers got that SIGINT already (``signalled``); a second one would interrupt their
+    clean-up, so it is sent only to those still alive after a few seconds. What is left after ``grace_s``
+    is killed, the task first (it would outlive a killed controller)."""
+    procs = [p for p in (getattr(j, "_process", None) for j in running.values()) if p is not None]
+    if not signalled:
+        for job in running.values():
+            job.cancel(check=False)
+    start = time.monotonic()
+    nudged = not signalled
+    while any(p.poll() is None for p in procs) and time.monotonic() - start < grace_s:
+        if not nudged and time.monotonic() - start > 5.0:
+            for job in running.values():
+                job.cancel(check=False)
+            nudged = True
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            for child in _children(p.pid):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except OSError:
+                    pass
+            p.kill()
+            p.wait()
+
+
+@contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Point file descriptor 2 at ``path`` while a job's controller is started, so that the controller's
+    own messages (a KeyboardInterrupt traceback on Ctrl-C) go to its log, not over submit's terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _run_local(study_dir: Path, study: str, cells: list[CellState], groups: dict, parallel: int | None,
@@ -449,7 +490,8 @@ def _run_local(study_dir: Path, study: str, cells: list[CellState], groups: dict
                 s = queue.pop(0)
                 ex.update_parameters(timeout_min=int(res[s.run_id]["timeout_min"]), tasks_per_node=1,
                                      nodes=1, gpus_per_node=0, name=f"bsstudy-{study}")
-                job = ex.submit(_job(paths.run(s.run_id), threads))
+                with _stderr_to(folder / "controllers.log"):
+                    job = ex.submit(_job(paths.run(s.run_id), threads))
                 _record(paths, s.run_id, job.job_id, "local")
                 running[s.run_id] = job
             time.sleep(0.5)
@@ -463,7 +505,7 @@ def _run_local(study_dir: Path, study: str, cells: list[CellState], groups: dict
             for sig in stop_sigs:
                 signal.signal(sig, signal.SIG_IGN)
         bar.close()
-        _stop_jobs(running)
+        _stop_jobs(running, signalled=isinstance(exc, KeyboardInterrupt))
         for rid, job in running.items():
             _record(paths, rid, job.job_id, "local", event="interrupted")
         name = "SIGINT" if isinstance(exc, KeyboardInterrupt) else signal.Signals(exc.signum).name
