@@ -150,3 +150,94 @@ def test_two_task_cell_runs_as_two_ranks(tmp_path, capsys):
     ck = __import__("torch").load(run / "checkpoints" / "last.pt", weights_only=False)
     assert ck["world_size"] == 2 and len(ck["augment_per_rank"]) == 2
     assert json.loads((run / "result.json").read_text())["status"] == "done"
+
+
+def test_setup_lines_run_and_time_limit_in_slurm_format(tmp_path, capsys):
+    """Issue 13 must-show 2: `setup:` lines run in the job (seen in its log), `timeout_min: "1:00:00"`
+    reaches SLURM as 01:00:00, `slurm.python` is the interpreter the job runs, `wckey: null` drops
+    submitit's --wckey, and the script sbatch got is the one `submit --dry-run` printed."""
+    import sys
+
+    from test_submit_slurm_script import scripts_of
+
+    grid = {"method": ["vicreg"], "batch_size": [32], "epochs": [1], "seed": [0]}
+    sweep = tiny_sweep(tmp_path, "setup", grid, slurm={
+        "partition": "debug", "cpus_per_task": 1, "mem_gb": 1, "timeout_min": "1:00:00", "wckey": None,
+        "python": sys.executable, "additional_parameters": {"comment": "bsstudy-ci"},
+        "setup": ["echo bsstudy-setup-ran on $(hostname) job $SLURM_JOB_ID", "export BSSTUDY_SETUP_MARK=42"]})
+    res = tmp_path / "results"
+    assert main(["plan", str(sweep), "--results", str(res)]) == 0
+    study = res / "setup"
+    capsys.readouterr()
+    assert main(["submit", str(study), "--cluster", "slurm", "--dry-run"]) == 0
+    shown = scripts_of(capsys.readouterr().out)
+    assert len(shown) == 1
+    assert main(["submit", str(study), "--cluster", "slurm", "--wait"]) == 0
+    st = status_json(study, capsys)
+    assert st["counts"]["done"] == 1, st
+    job = st["cells"][0]["job_id"]
+    sent = (study / "submitit" / f"{job}_submission.sh").read_text()
+    assert sent.rstrip() == shown[0].rstrip()
+    assert "--wckey" not in sent and "#SBATCH --comment=bsstudy-ci" in sent
+    out_log = (study / "submitit" / f"{job}_0_log.out").read_text()
+    assert "bsstudy-setup-ran on" in out_log and f"job {job}" in out_log, out_log[-2000:]
+    time.sleep(2.0)
+    p = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Timelimit,Comment,State", "-j", job],
+                       capture_output=True, text=True, check=True)
+    assert p.stdout.strip().split("|")[1] == "01:00:00", p.stdout
+
+
+def test_concurrent_submits_and_a_second_trainer_on_slurm(tmp_path, capsys):
+    """Issue 16 item 3 on the real cluster: two `submit` at once -> one array, the other stops with one
+    line; a second trainer of the running cell (its own sbatch job) is refused by the run lock and never
+    trains; status says running meanwhile; every epoch is trained once."""
+    import os
+    import sys
+
+    from test_submit_local import REPO
+
+    grid = {"method": ["vicreg"], "batch_size": [32], "epochs": [8], "seed": [0], "debug.sleep_per_step": [1.0]}
+    name = f"conc{int(time.time())}"  # job names are how sacct finds this test's jobs: unique per run
+    sweep = tiny_sweep(tmp_path, name, grid, slurm={"partition": "debug", "cpus_per_task": 1, "mem_gb": 1,
+                                                       "timeout_min": 60})
+    res = tmp_path / "results"
+    assert main(["plan", str(sweep), "--results", str(res)]) == 0
+    study = res / name
+    run = next((study / "runs").iterdir())
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "bsstudy.cli", "submit", str(study), "--cluster", "slurm"]
+    a, b = (subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2))
+    outs = [p.communicate(timeout=120) + (p.returncode,) for p in (a, b)]
+    rcs = sorted(o[2] for o in outs)
+    assert rcs == [0, 2], outs
+    err = next(o[1] for o in outs if o[2] == 2).strip().splitlines()
+    assert len(err) == 1 and "another bsstudy submit holds" in err[0], err
+    ids = wait_until(lambda: sacct_job_ids(f"bsstudy-{name}"), 60, "the job in accounting")
+    assert len(ids) == 1, ids
+    assert len(read_jsonl(study / "jobs.jsonl")) == 1
+
+    wait_until(lambda: read_jsonl(run / "metrics.jsonl"), 180, "epoch 1 of the cell")
+    dup_log = tmp_path / "dup.log"
+    sb = subprocess.run(["sbatch", "--parsable", "-p", "debug", "-c", "1", "--mem=1G", "-o", str(dup_log),
+                         f"--chdir={REPO}", "--wrap",
+                         f"PYTHONPATH={REPO} srun {sys.executable} -m bsstudy.cli train --run-dir {run}; "
+                         "echo exit=$?"], capture_output=True, text=True, check=True)
+    dup_job = sb.stdout.strip().split(";")[0]
+    seen = set()
+
+    def dup_ended():
+        seen.add(cell_states(study)[0].state)
+        return dup_log.exists() and "exit=" in dup_log.read_text()
+    wait_until(dup_ended, 120, f"the duplicate trainer job {dup_job}", every=1.0)
+    text = dup_log.read_text()
+    assert "exit=2" in text and "another trainer is running this run directory" in text, text
+    assert "Traceback" not in text and text.count("another trainer is running") == 1, text
+    assert seen == {"running"}, seen  # the refused job never made the cell look failed
+
+    def finished():
+        st = cell_states(study)[0]
+        return st.state in ("done", "failed") and st
+    st = wait_until(finished, 240, "the cell to end", every=1.0)
+    assert st.state == "done", st
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == list(range(1, 9))

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bsstudy import locks
 from bsstudy.cli import main
 from bsstudy.io import read_jsonl
 from bsstudy.sweep.state import _expand_array, error_line
@@ -116,3 +122,165 @@ def test_dry_run_resources_come_from_the_stored_sweep(tmp_path, capsys):
     (res / "res" / "sweep.yaml").unlink()
     assert main(["submit", str(res / "res"), "--cluster", "local", "--dry-run"]) == 2
     assert "sweep.yaml: missing (re-run `bsstudy plan`" in capsys.readouterr().err
+
+
+# ─────────────── interrupts and locks (issue 13 item 10, issue 16 item 3) ───────────────
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spawn(*args: str) -> "subprocess.Popen[str]":
+    """``bsstudy ARGS`` of this checkout in its own session (a terminal's process group)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "bsstudy.cli", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def slow_study(tmp: Path, name: str, epochs: int = 3) -> Path:
+    grid = {"method": ["vicreg"], "batch_size": [32], "epochs": [epochs], "seed": [0],
+            "debug.sleep_per_step": [0.4]}  # 4 steps x 0.4 s: ~2 s per epoch
+    res = tmp / "results"
+    assert main(["plan", str(tiny_sweep(tmp, name, grid)), "--results", str(res)]) == 0
+    return res / name
+
+
+def wait_for(pred, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def epochs_of(run: Path) -> list[int]:
+    return [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")]
+
+
+def procs_of(folder: Path) -> list[int]:
+    """Live (non-zombie) processes whose command line names this submitit folder."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if str(folder).encode() in (d / "cmdline").read_bytes() and \
+                    (d / "stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+                out.append(int(d.name))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_preempted_and_resubmit_resumes(tmp_path, capsys):
+    study = slow_study(tmp_path, "intr")
+    run = next((study / "runs").iterdir())
+    p = spawn("submit", str(study), "--cluster", "local")
+    try:
+        wait_for(lambda: epochs_of(run) and (run / "checkpoints" / "last.pt").exists(), 120, "epoch 1")
+        os.killpg(p.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("submit: interrupted (SIGINT): stopped 1 running cell(s)")
+    assert procs_of(study / "submitit") == []
+    st = status_json(study, capsys)
+    assert [c["state"] for c in st["cells"]] == ["preempted"], st
+    assert not (run / "result.json").exists() or json.loads((run / "result.json").read_text())["status"] != "done"
+
+    capsys.readouterr()
+    assert main(["submit", str(study), "--cluster", "local"]) == 0  # no --retry-failed needed
+    assert "(1 interrupted, resumed)" in capsys.readouterr().out
+    st = status_json(study, capsys)
+    assert [c["state"] for c in st["cells"]] == ["done"], st
+    assert epochs_of(run) == [1, 2, 3]
+    log = Path(st["cells"][0]["log"]).read_text()
+    assert "resumed from epoch" in log
+
+
+@pytest.mark.slow
+def test_sigterm_of_submit_leaves_no_orphan(tmp_path, capsys):
+    study = slow_study(tmp_path, "term", epochs=4)
+    run = next((study / "runs").iterdir())
+    p = spawn("submit", str(study), "--cluster", "local")
+    try:
+        wait_for(lambda: epochs_of(run), 120, "epoch 1")
+        assert len(procs_of(study / "submitit")) >= 2  # the submitit controller and the training task
+        p.send_signal(signal.SIGTERM)  # the submit process only, as `kill PID` does
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 143, err
+        assert "Traceback" not in err and "interrupted (SIGTERM)" in err, err
+        assert procs_of(study / "submitit") == []
+    finally:
+        for pid in procs_of(study / "submitit"):  # an orphan of a failing run must not keep training
+            os.kill(pid, signal.SIGKILL)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert [c["state"] for c in status_json(study, capsys)["cells"]] == ["preempted"]
+
+
+def test_submit_refuses_while_another_holds_the_study_lock(tmp_path, capsys):
+    study = planned_tiny(tmp_path, "lk")
+    with locks.study_submit_lock(study):
+        capsys.readouterr()
+        assert main(["submit", str(study), "--cluster", "local"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another bsstudy submit holds" in err[0] and ".submit.lock" in err[0], err
+        assert not (study / "jobs.jsonl").exists()
+        assert main(["submit", str(study), "--cluster", "local", "--dry-run"]) == 0  # a preview reads only
+    assert not locks.is_locked(study / locks.SUBMIT_LOCK)
+
+
+def test_a_held_run_lock_stops_a_second_trainer_and_shows_running(tmp_path, capsys):
+    from bsstudy.train import run_cell
+
+    study = planned_tiny(tmp_path, "rl")
+    run = next((study / "runs").iterdir())
+    with locks.run_lock(run):
+        with pytest.raises(locks.LockHeld, match=r"\.lock: another trainer is running this run directory"):
+            run_cell(run)
+        assert not (run / "metrics.jsonl").exists() and not (run / "result.json").exists()
+        assert [c["state"] for c in status_json(study, capsys)["cells"]] == ["running"]
+    assert [c["state"] for c in status_json(study, capsys)["cells"]] == ["planned"]
+
+
+def planned_tiny(tmp: Path, name: str) -> Path:
+    grid = {"method": ["vicreg"], "batch_size": [32], "epochs": [1], "seed": [0]}
+    res = tmp / "results"
+    assert main(["plan", str(tiny_sweep(tmp, name, grid)), "--results", str(res)]) == 0
+    return res / name
+
+
+@pytest.mark.slow
+def test_two_concurrent_local_submits_train_each_cell_once(tmp_path, capsys):
+    """Two `submit` of one study at the same moment: one runs, the other stops with one line; a
+    `bsstudy train --run-dir` of the running cell is refused (the run lock) and status says running."""
+    study = slow_study(tmp_path, "twice", epochs=3)
+    run = next((study / "runs").iterdir())
+    a, b = spawn("submit", str(study), "--cluster", "local"), spawn("submit", str(study), "--cluster", "local")
+    try:
+        loser = wait_for(lambda: next((p for p in (a, b) if p.poll() is not None), None), 120, "one submit")
+        winner = b if loser is a else a
+        _, err = loser.communicate()
+        assert loser.returncode == 2, err
+        assert len(err.strip().splitlines()) == 1 and "another bsstudy submit holds" in err, err
+        wait_for(lambda: epochs_of(run), 120, "epoch 1")
+        third = spawn("train", "--run-dir", str(run))
+        _, err3 = third.communicate(timeout=120)
+        assert third.returncode == 2, err3
+        assert len(err3.strip().splitlines()) == 1 and "another trainer is running this run directory" in err3
+        assert [c["state"] for c in status_json(study, capsys)["cells"]] == ["running"]
+        winner.communicate(timeout=180)
+        assert winner.returncode == 0
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert epochs_of(run) == [1, 2, 3]
+    assert len(read_jsonl(study / "jobs.jsonl")) == 1
+    assert [c["state"] for c in status_json(study, capsys)["cells"]] == ["done"]

@@ -47,13 +47,9 @@ def _split_overrides(rest: list[str], results: str) -> tuple[list[str], str]:
 def _submit(args: argparse.Namespace) -> int:
     from .submit import submit
 
+    # None: submit's default (wait for local runs, the machine is busy anyway; not for slurm)
     wait = True if args.wait else (False if args.no_wait else None)
-    cluster = args.cluster
-    if wait is None:  # default: wait for local runs (the machine is busy anyway), not for slurm
-        from .submit import pick_cluster
-
-        wait = pick_cluster(cluster) != "slurm"
-    return submit(args.study_dir, cluster=cluster, retry_failed=args.retry_failed, dry_run=args.dry_run,
+    return submit(args.study_dir, cluster=args.cluster, retry_failed=args.retry_failed, dry_run=args.dry_run,
                   wait=wait, parallel=args.parallel)
 
 
@@ -104,7 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "Local runs go in parallel up to the number of cores and are waited for by default.")
     s.add_argument("study_dir", help="results/<study>")
     s.add_argument("--cluster", default="auto", choices=("auto", "slurm", "local", "debug"),
-                   help="auto: slurm when sbatch is on PATH, else local")
+                   help="auto: slurm when sbatch is on PATH, else local (an error for a sweep with a "
+                   "slurm: block); slurm with --dry-run needs no SLURM")
     s.add_argument("--retry-failed", action="store_true", help="also resubmit failed and diverged cells")
     s.add_argument("--dry-run", action="store_true", help="show what would be submitted; submit nothing")
     g = s.add_mutually_exclusive_group()

@@ -18,6 +18,8 @@ Keys inside base/grid/include/per_method are config keys: nested mappings are fl
 from __future__ import annotations
 
 import itertools
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ TOP_KEYS = ("study", "base", "grid", "exclude", "include", "per_method", "slurm"
 SLURM_KEYS = (
     "partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
     "timeout_min", "array_parallelism", "signal_delay_s", "additional_parameters",
+    "setup", "python", "wckey",
 )
 SLURM_DEFAULTS: dict[str, Any] = {"cpus_per_task": 1, "mem_gb": 2, "timeout_min": 60,
                                   "array_parallelism": 64, "gpus_per_node": 0}
@@ -104,7 +107,82 @@ def _load_yaml(path: Path) -> dict:
     data = yaml_load_file(path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: a sweep file is a mapping with keys {', '.join(TOP_KEYS)}")
+    _keep_time_text(path, data)
     return data
+
+
+def _keep_time_text(path: Path, data: dict) -> None:
+    """Put back the text of ``timeout_min: 24:00:00`` that YAML 1.1 read as a base-60 int (86400).
+
+    PyYAML resolves unquoted ``H:MM:SS`` to an integer in seconds-like base 60, which as minutes would be
+    60 days. The node tree still has the scalar's text, so the slurm blocks get it back as a string and
+    ``parse_time_limit`` reads it as SLURM does."""
+    blocks = []
+    if isinstance(data.get("slurm"), dict):
+        blocks.append((("slurm",), data["slurm"]))
+    for m, ov in (data.get("per_method") or {}).items() if isinstance(data.get("per_method"), dict) else ():
+        if isinstance(ov, dict) and isinstance(ov.get("slurm"), dict):
+            blocks.append((("per_method", m, "slurm"), ov["slurm"]))
+    blocks = [(w, b) for w, b in blocks if isinstance(b.get("timeout_min"), int)]
+    if not blocks:
+        return
+    root = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+    for where, block in blocks:
+        node = root
+        for k in (*where, "timeout_min"):
+            node = next((v for kn, v in getattr(node, "value", ()) if getattr(kn, "value", None) == k), None) \
+                if isinstance(node, yaml.MappingNode) else None
+        if isinstance(node, yaml.ScalarNode) and ":" in node.value:
+            block["timeout_min"] = node.value
+
+
+_TIME_HELP = "minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or 90m / 2h / 1h30m / 1d"
+_UNITS = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?:in)?)?(?:(\d+)s)?")
+
+
+def parse_time_limit(value: Any, where: str) -> int:
+    """A SLURM time limit as whole minutes (seconds round up), or UserError naming ``where``.
+
+    Accepts minutes (int or digits), SLURM's own ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``,
+    ``D-HH:MM:SS``, and ``90m`` / ``2h`` / ``1h30m`` / ``1d`` spellings."""
+    bad = UserError(f"{where}: {value!r} is not a time limit ({_TIME_HELP})")
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value * 60
+    elif isinstance(value, str):
+        seconds = _time_seconds(value.strip().lower())
+    else:
+        seconds = None
+    if seconds is None or seconds <= 0:
+        raise bad
+    return math.ceil(seconds / 60)
+
+
+def _time_seconds(t: str) -> int | None:
+    """Seconds of a lower-cased time-limit string, None when it is not one (``parse_time_limit``)."""
+    if t.isdigit():
+        return int(t) * 60
+    m = _UNITS.fullmatch(t)
+    if m and any(m.groups()):
+        d, h, mi, s = (int(x or 0) for x in m.groups())
+        return ((d * 24 + h) * 60 + mi) * 60 + s
+    days, dash, clock = t.partition("-")
+    if not dash:
+        days, clock = "", t
+    parts = clock.split(":")
+    if (dash and not days.isdigit()) or not all(p.isdigit() for p in parts) or len(parts) > 3:
+        return None
+    nums = [int(p) for p in parts]
+    if dash:                  # D-HH, D-HH:MM, D-HH:MM:SS
+        h, mi, s = nums + [0] * (3 - len(nums))
+    elif len(nums) == 3:      # HH:MM:SS
+        h, mi, s = nums
+    elif len(nums) == 2:      # MM:SS
+        h, mi, s = 0, *nums
+    else:
+        return None
+    if s > 59 or (mi > 59 and (dash or len(nums) == 3)):
+        return None
+    return ((int(days or 0) * 24 + h) * 60 + mi) * 60 + s
 
 
 def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
@@ -120,6 +198,8 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
         key = key.strip()
         value = parse_value(text)
         head, _, rest = key.partition(".")
+        if head == "slurm" and rest == "timeout_min" and isinstance(value, int) and ":" in text:
+            value = text.strip()  # YAML 1.1 reads 24:00:00 as base 60 (86400): keep SLURM's spelling
         if head == "study" and not rest:
             data["study"] = value
         elif head in ("grid", "base", "slurm", "throughput") and rest:
@@ -201,19 +281,31 @@ def load_sweep(path: Path | str, overrides: list[str] = ()) -> Sweep:
 
 
 def _check_slurm(s: Any, where: str, src: str) -> dict[str, Any]:
+    """Check one slurm block; returns a copy with ``timeout_min`` as whole minutes."""
     if not isinstance(s, dict):
         raise UserError(f"{src}: {where}: must be a mapping")
-    for k, v in s.items():
+    s = dict(s)
+    for k, v in list(s.items()):
         if k not in SLURM_KEYS:
             raise UserError(f"{src}: {where}.{k}: unknown resource (choose from {', '.join(SLURM_KEYS)})")
-        if k in ("gpus_per_node", "cpus_per_task", "timeout_min", "array_parallelism", "signal_delay_s"):
+        if k in ("gpus_per_node", "cpus_per_task", "array_parallelism", "signal_delay_s"):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise UserError(f"{src}: {where}.{k}: must be a non-negative integer, got {v!r}")
+        if k == "array_parallelism" and v == 0:
+            raise UserError(f"{src}: {where}.{k}: must be at least 1")
+        if k == "timeout_min":
+            s[k] = parse_time_limit(v, f"{src}: {where}.{k}")
+        if k == "setup" and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
+            raise UserError(f"{src}: {where}.{k}: must be a list of shell lines, got {v!r}")
+        if k == "python" and (not isinstance(v, str) or not v.strip()):
+            raise UserError(f"{src}: {where}.{k}: must be the command that runs python on the nodes, got {v!r}")
+        if k == "wckey" and not (v is None or v is False or isinstance(v, str)):
+            raise UserError(f"{src}: {where}.{k}: must be a string, or null to drop submitit's --wckey")
         if k == "mem_gb" and (not isinstance(v, (int, float)) or v <= 0):
             raise UserError(f"{src}: {where}.{k}: must be a positive number, got {v!r}")
-        if k == "additional_parameters" and not isinstance(v, dict):
+        if k == "additional_parameters" and (not isinstance(v, dict) or not all(isinstance(x, str) for x in v)):
             raise UserError(f"{src}: {where}.{k}: must be a mapping of sbatch option -> value")
-    return dict(s)
+    return s
 
 
 def _matches(cell: dict[str, Any], rule: dict[str, Any]) -> bool:

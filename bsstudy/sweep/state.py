@@ -1,7 +1,8 @@
 """Cell state, derived on every call from the run files, jobs.jsonl and the scheduler (never stored).
 
 States (``bsstudy.layout.Status``): planned (never submitted) · pending · running · preempted
-(requeued/pending after training started, or PREEMPTED in sacct) · done · diverged · failed (result.json
+(requeued/pending after training started, or PREEMPTED in sacct; or a local job that ``submit`` stopped on
+Ctrl-C/SIGTERM, which the next submit resumes) · done · diverged · failed (result.json
 says so, or the job ended without one) · unknown (the scheduler could not be asked).
 """
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import read_jsonl
-from ..layout import (ACTIVE, FINISHED_BAD, RESULT_FILE, RESULT_STATUSES, STATUS_ORDER, Status, StudyPaths,
-                      read_result, result_error_line)
+from ..locks import run_is_training
+from ..layout import (ACTIVE, FINISHED_BAD, RESULT_FILE, RESULT_STATUSES, STATUS_ORDER, TERMINAL, Status,
+                      StudyPaths, read_result, result_error_line)
 from ..layout import study_paths as study_paths  # noqa: PLC0414 - re-export until every caller uses layout
 
 # The job has left the scheduler: its files (result.json or its absence) say how it went. Not a Status.
@@ -48,6 +50,7 @@ class CellState:
     error: str | None = None          # first line of the error (failed cells)
     log: str | None = None            # submitit stderr log of the latest job
     scheduler_state: str | None = None
+    interrupted: bool = False         # a local submit stopped its job (Ctrl-C/SIGTERM): resumable
 
     def to_dict(self) -> dict:
         """JSON form (``status --json``)."""
@@ -196,9 +199,15 @@ def cell_states(study_dir: Path, query_scheduler: bool = True) -> list[CellState
             live = Status.RUNNING if local_alive(cs.job_id) else _ENDED
         elif job:  # debug executor runs in-process: over when submit returned
             live = _ENDED
+        terminal = bool(result) and result.get("status") in TERMINAL
         if live in ACTIVE:
             # a running job after a failed result.json (retry) is the truth; so is a requeued one
             cs.state = Status.PREEMPTED if live == Status.PENDING and cs.epoch is not None else Status(live)
+        elif not terminal and run_is_training(run.dir):
+            # a trainer holds the run lock (bsstudy/locks.py): whatever started it, the cell is running
+            cs.state = Status.RUNNING
+        elif job and job.get("event") == "interrupted" and not terminal and live == _ENDED:
+            cs.state, cs.interrupted = Status.PREEMPTED, True
         elif result and result.get("status") in RESULT_STATUSES:
             cs.state = Status(result["status"])
         elif live == Status.UNKNOWN:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from ..config import load_run_config
 from ..io import append_jsonl
 from ..layout import TERMINAL, RunPaths, Status, read_result, write_result
+from ..locks import hold_run_lock
 from ..runtime import tune_malloc
 from . import distributed as ddp
 from . import evaluation
@@ -29,6 +30,7 @@ from .resume import resume, save
 from .setup import Run, build_run, current_dist, device_name
 
 
+@hold_run_lock  # one trainer per run directory, for its whole life (bsstudy/locks.py)
 def run_cell(run_dir: Path | str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     """Train + evaluate the cell in ``run_dir`` (resuming from its checkpoints); return result.json's dict.
 
