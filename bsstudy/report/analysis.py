@@ -148,7 +148,10 @@ def _wide(df: pd.DataFrame, keys: list[str], ref_of=None) -> pd.DataFrame:
     reference B of a row (its cell reads "ref")."""
     if not len(df):
         return pd.DataFrame()
-    bs = sorted(int(b) for b in set(df["batch_size"]) if b > 0)
+    bs = {int(b) for b in set(df["batch_size"]) if b > 0}
+    if ref_of:
+        bs |= {int(ref_of(r)) for _, r in df.iterrows()}
+    bs = sorted(bs)
     has_mean = (df["batch_size"] == -1).any()
     rows = []
     for key, g in df.groupby(keys, sort=True):
