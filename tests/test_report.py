@@ -502,3 +502,35 @@ def test_accuracy_figure_draws_each_seed_and_the_fit_and_the_forest_plot(study):
         ["vicreg_unbiased − vicreg, 2 ep", "vicreg_unbiased − vicreg, 5 ep"]
     fig = F.fig_forest(a.sensitivity, a.method_contrasts.iloc[0:0], "linear_top1")
     assert len(fig.axes) == 1
+
+
+def test_sweep_file_report_block_is_accepted_and_kept_for_the_report(tmp_path):
+    """The sweep file's `report:` block passes `bsstudy plan`'s schema unchanged (also as a command-line
+    override) into results/<study>/sweep.yaml, where the report reads its settings; a non-mapping is a
+    one-line UserError naming report."""
+    import yaml
+
+    from bsstudy.layout import yaml_dump
+    from bsstudy.report.analysis import Settings, read_settings
+    from bsstudy.sweep.spec import load_sweep
+
+    data = {"study": "s", "grid": {"batch_size": [64, 256]},
+            "report": {"reference_batch_size": 256, "compare": [["vicreg_unbiased", "vicreg"]], "title": "T"}}
+    src = tmp_path / "s.yaml"
+    src.write_text(yaml.safe_dump(data))
+    sweep = load_sweep(src, ["report.reference_batch_size=64"])
+    kept = tmp_path / "sweep.yaml"
+    kept.write_text(yaml_dump(sweep.to_dict()))  # what `bsstudy plan` stores
+    assert read_settings(kept) == Settings(64, (("vicreg_unbiased", "vicreg"),))
+    assert yaml.safe_load(kept.read_text())["report"]["title"] == "T"
+    assert "report" not in load_sweep(write_sweep(tmp_path, {"study": "s"})).to_dict()
+    with pytest.raises(UserError, match="report: must be a mapping"):
+        load_sweep(write_sweep(tmp_path, {"study": "s", "report": 3}))
+
+
+def write_sweep(tmp: Path, data: dict) -> Path:
+    import yaml
+
+    p = tmp / "other.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
