@@ -483,9 +483,12 @@ def test_accuracy_figure_draws_each_seed_and_the_fit_and_the_forest_plot(study):
     for ax in [ax for ax in fig.axes if ax.get_title().startswith("ours")]:
         e = int(ax.get_title().split(", ")[1].split()[0])
         cells = long[(long.epochs == e) & (long.metric == "linear_top1")]
-        seeds = [ln for ln in ax.get_lines() if ln.get_label() == "_seed"]
-        assert len(seeds) == len(cells[["method", "seed"]].drop_duplicates())
-        assert not ax.collections  # no unpaired bands
+        seeds = {c.get_label(): c for c in ax.collections}  # no unpaired bands: only the seed lines
+        assert sorted(seeds) == sorted(f"_seeds {m}" for m in set(cells.method))
+        for m, c in seeds.items():
+            mine = cells[cells.method == m[len("_seeds "):]].sort_values(["seed", "batch_size"])
+            assert len(c.get_segments()) == mine.seed.nunique()
+            assert np.concatenate(c.get_segments())[:, 1] == pytest.approx(mine.y.to_numpy())
         sens = a.sensitivity[(a.sensitivity.epochs == e) & (a.sensitivity.metric == "linear_top1")]
         fits = sorted(ln.get_label() for ln in ax.get_lines() if not ln.get_label().startswith("_"))
         assert fits == sorted(f"{r.method} ({r.slope_pts_per_doubling:+.2f} pts/doubling)" for _, r in sens.iterrows())
@@ -496,9 +499,9 @@ def test_accuracy_figure_draws_each_seed_and_the_fit_and_the_forest_plot(study):
     assert len(fig.axes[-1].get_lines()) == len(REFERENCES)  # the published curves keep their panel
     fig = F.fig_forest(a.sensitivity, a.method_contrasts, "linear_top1")
     rows = a.sensitivity[a.sensitivity.metric == "linear_top1"]
-    assert [t.get_text() for t in fig.axes[0].get_yticklabels()][::-1] == \
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == \
         [f"{m}, {e} ep" for m, e in rows.sort_values(["epochs", "method"])[["method", "epochs"]].itertuples(index=False)]
-    assert [t.get_text() for t in fig.axes[1].get_yticklabels()][::-1] == \
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == \
         ["vicreg_unbiased − vicreg, 2 ep", "vicreg_unbiased − vicreg, 5 ep"]
     fig = F.fig_forest(a.sensitivity, a.method_contrasts.iloc[0:0], "linear_top1")
     assert len(fig.axes) == 1
