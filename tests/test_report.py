@@ -165,6 +165,8 @@ def test_tables_are_byte_identical_on_a_second_run(study, report, tmp_path, monk
     build_report(root, again, log=lambda *a: None)
     names = sorted(p.relative_to(report) for p in report.rglob("*") if p.suffix in (".csv", ".md", ".tex"))
     assert len(names) >= 15
+    from bsstudy.report.analysis import OUTPUTS
+    assert {Path(n) for n in OUTPUTS} <= set(names)  # the seed-blocked tables (bootstrap included)
     for name in names:
         if name.name == "report.md":  # carries the git state, which other commits may change meanwhile
             continue
@@ -194,9 +196,10 @@ def test_report_contents_setup_bias_citation_provenance(study, report):
     assert prov["runs"] == {rid: r["config_hash"] for rid, r in syn.results.items()}
     tex = (report / "tables" / "top1_linear_e5.tex").read_text()
     assert r"\toprule" in tex and r"vicreg\_unbiased" in tex and r"$\pm$" in tex
-    # the reading paragraph is computed from the numbers: simclr drops most in this synthetic study
+    # the reading paragraph is computed from the numbers: simclr's optimum is at B=1024 in this synthetic
+    # study, so its within-seed slope is positive and resolved, and its max drop the largest
     reading = md.split("## Reading")[1].split("##")[0]
-    assert "simclr drops most" in reading
+    assert "Resolved: simclr gains accuracy as B grows." in reading and "largest for simclr" in reading
 
 
 def test_paper_table_marks_cells_without_finished_runs(study):
@@ -256,8 +259,8 @@ def test_variants_get_their_own_label_and_reading_says_when_a_method_does_badly(
     assert "collapse" not in st.runs.columns and "collapse.effective_rank" in st.runs.columns
     summary = summarize_cells(st.runs)
     text = reading(summary, headline(relative_drop(summary)), st.runs, 0)
-    assert "simclr does badly here" in text and "vicreg does badly" not in text
-    assert "vicreg_unbiased[c4,identity]'s largest drop is" in text
+    assert "does badly" not in text  # no verdict from unpaired cell means
+    assert "vicreg_unbiased[c4,identity] against VICReg: the difference of their batch-size slopes" in text
 
 
 def test_untrained_baseline_table_and_reading(tmp_path):
@@ -307,17 +310,22 @@ def test_reading_pairs_each_unbiased_method_with_its_plugin_from_the_registry(st
     st = load_study(root)
     summary = summarize_cells(st.runs)
     text = reading(summary, headline(relative_drop(summary)), st.runs, 0)
-    assert "vicreg_unbiased's largest drop is" in text and "against VICReg's" in text
+    assert "vicreg_unbiased against VICReg: the difference of their batch-size slopes is" in text
+    renamed_runs = st.runs.replace({"method_label": {"vicreg_unbiased": "toy_unbiased"}})
     renamed = summary.replace({"method_label": {"vicreg_unbiased": "toy_unbiased"}})
     head = headline(relative_drop(renamed))
-    assert "largest drop is" not in reading(renamed, head, st.runs, 0)  # toy_unbiased: not in the registry
+    assert "batch-size slopes" not in reading(renamed, head, renamed_runs, 0)  # toy_unbiased: not in the registry
     monkeypatch.setitem(METHODS, "toy_unbiased", MethodSpec("toy_unbiased", family="contrastive",
                                                             unbiased_of="simclr"))
-    text = reading(renamed, head, st.runs, 0)
-    drops = head[(head.source == "ours") & (head.metric == "linear") & (head.epochs == 5)].set_index("method")
-    assert (f"toy_unbiased's largest drop is {drops.loc['toy_unbiased', 'max_rel_drop_pct']:.1f}% against "
-            f"SimCLR's {drops.loc['simclr', 'max_rel_drop_pct']:.1f}%") in text
-    assert "against VICReg's" not in text
+    text = reading(renamed, head, renamed_runs, 0)
+    from bsstudy.report.analysis import est_ci
+    from bsstudy.report.stats import method_contrasts
+    mc = method_contrasts(renamed_runs)
+    r = mc[(mc.contrast == "slope_difference") & (mc.epochs == 5) & (mc.metric == "linear_top1")].iloc[0]
+    assert (r.method_a, r.method_b) == ("toy_unbiased", "simclr")
+    assert (f"toy_unbiased against SimCLR: the difference of their batch-size slopes is "
+            f"{est_ci(r.estimate, r.ci_low, r.ci_high)} points per doubling") in text
+    assert "against VICReg" not in text
 
 
 def test_report_shows_exactly_the_figure_list(study, report):
@@ -330,9 +338,12 @@ def test_report_shows_exactly_the_figure_list(study, report):
     root, _ = study
     st = load_study(root)
     summary = summarize_cells(st.runs)
-    specs = F.report_figures(summary, relative_drop(summary), init_baseline(st.runs), st.runs, st.curves, st.bias, 36)
+    from bsstudy.report.analysis import compute
+
+    specs = F.report_figures(summary, relative_drop(summary), init_baseline(st.runs), st.runs, st.curves, st.bias, 36,
+                             compute(st.runs))
     names = [s.name for s in specs]
-    assert len(set(names)) == len(names) == 7 and names[-1] == "gradient_bias"
+    assert len(set(names)) == len(names) == 8 and names[-1] == "gradient_bias" and "sensitivity_forest" in names
     assert all(getattr(F, s.draw.__name__) is s.draw for s in specs)
     shown = re.findall(r"!\[([^\]]*)\]\(figures/([^)]+)\.png\)", (report / "report.md").read_text())
     assert shown == [(s.caption, s.name) for s in specs]
@@ -602,3 +613,167 @@ def test_make_demo_writes_only_ignored_paths_and_demo_publish_the_committed_repo
         ignored = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", f"{path}/report.md"])
         assert ignored.returncode == 0, f"{path} is not ignored by git"
     assert re.search(r"bsstudy report results/demo --out reports/demo\n", dry("demo-publish"))
+# ------------------------------------------------------------------ seed-blocked statistics in the report
+
+ISSUE_SENSITIVITY = ["method", "epochs", "metric", "slope_pts_per_doubling", "ci_low", "ci_high", "p_value",
+                     "n_seeds", "batch_sizes"]
+
+
+@pytest.mark.slow
+def test_report_writes_the_seed_blocked_tables_sections_and_reading_from_them(study, report):
+    """sensitivity/contrasts/method_contrasts/relative_drop_ci/power.csv are stats' tables of the runs; the
+    report has one section each; the reading quotes the slopes and the pair test with their intervals."""
+    from bsstudy.report import stats as S
+    from bsstudy.report.analysis import OUTPUTS, est_ci
+    from bsstudy.report.tables import to_csv
+
+    root, _ = study
+    runs = load_study(root).runs
+    expected = dict(zip(OUTPUTS, (S.sensitivity(runs), S.contrasts(runs), S.method_contrasts(runs),
+                                  S.relative_drop_ci(runs), S.power_table(runs))))
+    for name, df in expected.items():
+        assert (report / name).read_text() == to_csv(df), name
+    sens = pd.read_csv(report / "sensitivity.csv")
+    assert list(sens.columns[:len(ISSUE_SENSITIVITY)]) == ISSUE_SENSITIVITY
+    mc = pd.read_csv(report / "method_contrasts.csv")
+    assert set(zip(mc.method_a, mc.method_b)) == {("vicreg_unbiased", "vicreg")}
+    assert set(pd.read_csv(report / "contrasts.csv", dtype={"reference": str})["reference"]) == {"1024"}  # the largest B by default
+    md = (report / "report.md").read_text()
+    order = [md.index(h) for h in ("## Reading", "## Batch-size sensitivity", "## Δ points vs B_ref",
+                                   "## Method comparison", "## Relative drop with its interval", "## Power",
+                                   "## Tables")]
+    assert order == sorted(order)
+    assert "## Against the untrained network" not in md  # no eval.at_init results in this study
+    reading = md.split("## Reading")[1].split("##")[0]
+    full = expected["sensitivity.csv"]
+    for _, r in full[(full.epochs == 5) & (full.metric == "linear_top1")].iterrows():
+        assert f"{r.method} {est_ci(r.slope_pts_per_doubling, r.ci_low, r.ci_high)}" in reading
+    pair = expected["method_contrasts.csv"]
+    r = pair[(pair.contrast == "slope_difference") & (pair.epochs == 5) & (pair.metric == "linear_top1")].iloc[0]
+    assert f"batch-size slopes is {est_ci(r.estimate, r.ci_low, r.ci_high)} points per doubling" in reading
+    assert "within the seeds' 95% CI" not in reading  # the old hypot verdict is gone
+    power = expected["power.csv"]
+    mde = power[(power.metric == "linear_top1") & (power.quantity == "slope")].mde_pts.iloc[0]
+    assert f"detects slopes of ±{mde:.2f} points per doubling" in reading
+
+
+def _settings_study(tmp_path, block: str):
+    root = tmp_path / "results" / "cfg"
+    write_study(root, ("simclr", "vicreg", "vicreg_unbiased"), (64, 256), (1,), (0, 1, 2),
+                init_accuracy=lambda seed: (0.70 + 0.01 * seed, 0.65))
+    (root / "sweep.yaml").write_text("study: cfg\ngrid: {batch_size: [64, 256]}\n" + block)
+    return root
+
+
+def test_sweep_report_settings_reference_and_compare(tmp_path):
+    """report: {reference_batch_size, compare} in results/<study>/sweep.yaml set B_ref and the compared
+    pairs; the citation keys next to them are not this reader's; a wrong value is a one-line UserError."""
+    from bsstudy.report.analysis import Settings, compute, read_settings
+
+    root = _settings_study(tmp_path, "report:\n  author: A. Person\n  reference_batch_size: 64\n"
+                                     "  compare: [[simclr, vicreg]]\n")
+    settings = read_settings(root / "sweep.yaml")
+    assert settings == Settings(64, (("simclr", "vicreg"),))
+    a = compute(load_study(root).runs, settings)
+    ref = a.contrasts[a.contrasts.contrast == "vs_reference"]
+    assert set(ref.reference) == {"64"} and set(ref.batch_size) == {256}
+    assert set(zip(a.method_contrasts.method_a, a.method_contrasts.method_b)) == {("simclr", "vicreg")}
+    un = a.contrasts[(a.contrasts.contrast == "vs_untrained") & (a.contrasts.batch_size == -1)]
+    assert len(un) == 6 and (un.ci_low > 0).all()  # 1 epoch budget x 3 methods x 2 probes, all above init
+    assert read_settings(tmp_path / "nowhere.yaml") == Settings()
+    for block, key in (("report: [1]\n", "report:"), ("report: {reference_batch_size: big}\n",
+                                                       "report.reference_batch_size"),
+                       ("report: {compare: [[simclr]]}\n", "report.compare")):
+        (root / "sweep.yaml").write_text("study: cfg\n" + block)
+        with pytest.raises(UserError, match=key):
+            read_settings(root / "sweep.yaml")
+    with pytest.raises(UserError, match=r"sweep.yaml: report.reference_batch_size: 100 is not a batch size"):
+        compute(load_study(root).runs, Settings(100), str(root / "sweep.yaml"))
+    with pytest.raises(UserError, match="report.compare: byol did not run"):
+        compute(load_study(root).runs, Settings(None, (("byol", "vicreg"),)))
+
+
+@pytest.mark.slow
+def test_report_honours_the_sweep_settings_and_shows_the_untrained_contrast(tmp_path, capsys):
+    root = _settings_study(tmp_path, "report: {reference_batch_size: 64}\n")
+    assert main(["report", str(root), "--out", str(tmp_path / "rep"), "--format", "md"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "B_ref = 64 (sweep file `report.reference_batch_size`)" in md
+    assert "## Against the untrained network" in md and "beat it: the pretraining pays off" in md
+    con = pd.read_csv(tmp_path / "rep" / "contrasts.csv", dtype={"reference": str})
+    assert set(con[con.contrast == "vs_reference"].reference) == {"64"} and "untrained" in set(con.reference)
+    (root / "sweep.yaml").write_text("study: cfg\nreport: {compare: [[simclr, byol]]}\n")
+    assert main(["report", str(root), "--out", str(tmp_path / "rep2")]) == 2
+    assert "report.compare: byol did not run" in capsys.readouterr().err
+    assert not (tmp_path / "rep2" / "report.md").exists()
+
+
+def test_accuracy_figure_draws_each_seed_and_the_fit_and_the_forest_plot(study):
+    """With the analysis, each (method, seed) is a thin line and each method's fit a labelled line whose
+    slope is sensitivity's; the forest plot has one row per method x epochs and one per pair."""
+    from bsstudy.report.analysis import compute
+    from bsstudy.report.stats import long_table
+
+    root, _ = study
+    st = load_study(root)
+    summary = summarize_cells(st.runs)
+    a = compute(st.runs)
+    long = long_table(st.runs)
+    fig = F.fig_accuracy(summary, "linear_top1", True, None, long, a.sensitivity)
+    for ax in [ax for ax in fig.axes if ax.get_title().startswith("ours")]:
+        e = int(ax.get_title().split(", ")[1].split()[0])
+        cells = long[(long.epochs == e) & (long.metric == "linear_top1")]
+        seeds = {c.get_label(): c for c in ax.collections}  # no unpaired bands: only the seed lines
+        assert sorted(seeds) == sorted(f"_seeds {m}" for m in set(cells.method))
+        for m, c in seeds.items():
+            mine = cells[cells.method == m[len("_seeds "):]].sort_values(["seed", "batch_size"])
+            assert len(c.get_segments()) == mine.seed.nunique()
+            assert np.concatenate(c.get_segments())[:, 1] == pytest.approx(mine.y.to_numpy())
+        sens = a.sensitivity[(a.sensitivity.epochs == e) & (a.sensitivity.metric == "linear_top1")]
+        fits = sorted(ln.get_label() for ln in ax.get_lines() if not ln.get_label().startswith("_"))
+        assert fits == sorted(f"{r.method} ({r.slope_pts_per_doubling:+.2f} pts/doubling)" for _, r in sens.iterrows())
+        line = next(ln for ln in ax.get_lines() if ln.get_label().startswith("simclr ("))
+        x, y = np.log2(line.get_xdata()), line.get_ydata()
+        slope = sens.set_index("method").loc["simclr", "slope_pts_per_doubling"]
+        assert (y[-1] - y[0]) / (x[-1] - x[0]) == pytest.approx(slope)
+    assert len(fig.axes[-1].get_lines()) == len(REFERENCES)  # the published curves keep their panel
+    fig = F.fig_forest(a.sensitivity, a.method_contrasts, "linear_top1")
+    rows = a.sensitivity[a.sensitivity.metric == "linear_top1"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == \
+        [f"{m}, {e} ep" for m, e in rows.sort_values(["epochs", "method"])[["method", "epochs"]].itertuples(index=False)]
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == \
+        ["vicreg_unbiased − vicreg, 2 ep", "vicreg_unbiased − vicreg, 5 ep"]
+    fig = F.fig_forest(a.sensitivity, a.method_contrasts.iloc[0:0], "linear_top1")
+    assert len(fig.axes) == 1
+
+
+def test_sweep_file_report_block_is_accepted_and_kept_for_the_report(tmp_path):
+    """The sweep file's `report:` block passes `bsstudy plan`'s schema unchanged (also as a command-line
+    override) into results/<study>/sweep.yaml, where the report reads its settings; a non-mapping is a
+    one-line UserError naming report."""
+    import yaml
+
+    from bsstudy.layout import yaml_dump
+    from bsstudy.report.analysis import Settings, read_settings
+    from bsstudy.sweep.spec import load_sweep
+
+    data = {"study": "s", "grid": {"batch_size": [64, 256]},
+            "report": {"reference_batch_size": 256, "compare": [["vicreg_unbiased", "vicreg"]], "title": "T"}}
+    src = tmp_path / "s.yaml"
+    src.write_text(yaml.safe_dump(data))
+    sweep = load_sweep(src, ["report.reference_batch_size=64"])
+    kept = tmp_path / "sweep.yaml"
+    kept.write_text(yaml_dump(sweep.to_dict()))  # what `bsstudy plan` stores
+    assert read_settings(kept) == Settings(64, (("vicreg_unbiased", "vicreg"),))
+    assert yaml.safe_load(kept.read_text())["report"]["title"] == "T"
+    assert "report" not in load_sweep(write_sweep(tmp_path, {"study": "s"})).to_dict()
+    with pytest.raises(UserError, match="report: must be a mapping"):
+        load_sweep(write_sweep(tmp_path, {"study": "s", "report": 3}))
+
+
+def write_sweep(tmp: Path, data: dict) -> Path:
+    import yaml
+
+    p = tmp / "other.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p

@@ -21,6 +21,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..layout import PLAN_COLUMNS, PLAN_EXTRA_COLUMNS, Status
 from ..provenance import environment, git_state
 from ..registry import split_label
+from . import analysis as A
 from . import figures as F
 from .load import SKIPPED_RUN, Study, load_study
 from .reading import question, reading
@@ -326,15 +327,26 @@ def _build_into(study: Study, out: Path, formats, max_curve_cells: int, log) -> 
         atomic_write_text(tabdir / "headline.tex", to_latex(head, f"Largest relative drop from the best batch size "
                                                             f"({study.name}; references: ImageNet)", f"tab:{study.name}:headline"))
 
+    stat = _analysis(study, out, formats)
+
     # ---- figures (rendered in parallel where there are cores: they are most of the time at 1,000 runs)
     base = init_baseline(runs)
-    figs = F.report_figures(summary, drop, base, runs, study.curves, study.bias, max_curve_cells)
+    figs = F.report_figures(summary, drop, base, runs, study.curves, study.bias, max_curve_cells, stat)
     rendering = F.start_render(figs, figdir)  # drawn by workers while this process writes the rest
     try:
-        _write_documents(study, out, formats, summary, head, paper, figs, rendering, log, base)
+        _write_documents(study, out, formats, summary, head, paper, figs, rendering, log, base, stat)
     except BaseException:
         rendering.abort()  # never leave workers behind
         raise
+
+
+def _analysis(study: Study, out: Path, formats) -> "A.Analysis":
+    """The seed-blocked statistics (bsstudy.report.analysis) with the sweep file's ``report:`` settings,
+    written next to the other tables."""
+    sweep = StudyPaths(study.root).sweep
+    stat = A.compute(study.runs, A.read_settings(sweep), str(sweep))
+    A.write_tables(stat, out, formats)
+    return stat
 
 
 def _figure_blocks(figs: list["F.FigureSpec"], section: str) -> list:
@@ -344,7 +356,8 @@ def _figure_blocks(figs: list["F.FigureSpec"], section: str) -> list:
 
 
 def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, head: pd.DataFrame, paper: dict,
-                     figs: list["F.FigureSpec"], rendering: "F.Rendering", log, base: pd.DataFrame) -> None:
+                     figs: list["F.FigureSpec"], rendering: "F.Rendering", log, base: pd.DataFrame,
+                     stat: "A.Analysis") -> None:
     """report.md, report.html and provenance.json (waits for the figures before embedding them)."""
     runs = study.runs
     if len(base):
@@ -361,7 +374,8 @@ def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, he
                  H(2, "Setup"), Ul(_setup(study)),
                  P(f"Sweep hash (sha256 of plan.csv): `{study.plan_hash}`. " + run_code_sentence(code)),
                  H(2, "Headline: relative drop from the best batch size"), Table(head),
-                 H(2, "Reading"), P(reading(summary, head, runs, len(study.missing), base)),
+                 H(2, "Reading"), P(reading(summary, head, runs, len(study.missing), base, stat)),
+                 *A.sections(stat),
                  H(2, "Tables")]
     doc.append(P("Cells: mean ± 95% Student-t CI half-width over seeds, in percent; only runs with status done are "
                  "averaged (a cell with no finished run shows why). CSV, Markdown and LaTeX (booktabs) copies are in "

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .references import REFERENCES  # noqa: E402
@@ -88,12 +89,37 @@ def _lines_with_bands(ax, s: pd.DataFrame, column: str, col: dict, scale: float 
             ax.fill_between(x[ok], (y - ci)[ok], (y + ci)[ok], color=col[method], alpha=0.2, linewidth=0)
 
 
+def _seed_lines(ax, seeds: pd.DataFrame, fits: pd.DataFrame, col: dict) -> None:
+    """Each seed of each method as a thin line (``stats.long_table`` rows of one epoch budget and metric:
+    the paired structure is visible) and the within-seed fit ``stats.sensitivity`` (thick, labelled with
+    its slope): level = the mean over seeds of the seed's fitted intercept."""
+    for method, g in seeds.groupby("method", sort=True):
+        g = g.sort_values(["seed", "batch_size"])
+        segs = [np.column_stack([gs["batch_size"], gs["y"]]) for _, gs in g.groupby("seed", sort=True)]
+        # one collection per method, not a Line2D per seed: a 1,000-run study has hundreds of seed lines
+        ax.add_collection(LineCollection(segs, colors=col[method], linewidths=0.7, alpha=0.45,
+                                         label=f"_seeds {method}"))
+        bs = np.array(sorted(set(g["batch_size"])), dtype=float)
+        r = fits[fits["method"] == method]
+        slope = float(r["slope_pts_per_doubling"].iloc[0]) if len(r) else math.nan
+        if np.isfinite(slope):
+            level = float((g["y"] - slope * np.log2(g["batch_size"])).mean())
+            ax.plot(bs, level + slope * np.log2(bs), color=col[method], linewidth=2.2,
+                    label=f"{method} ({slope:+.2f} pts/doubling)")
+        else:
+            means = g.groupby("batch_size")["y"].mean()
+            ax.plot(means.index, means.to_numpy(), color=col[method], linewidth=2.2, marker="o", label=method)
+
+
 def fig_accuracy(summary: pd.DataFrame, column: str = "linear_top1", references: bool = True,
-                 baseline: pd.DataFrame | None = None) -> Figure:
+                 baseline: pd.DataFrame | None = None, seeds: pd.DataFrame | None = None,
+                 fits: pd.DataFrame | None = None) -> Figure:
     """Top-1 (%) of metric column ``column`` vs batch size: one panel per epoch budget (one line + 95% CI
     band per method), then the published reference curves in their own panel (ImageNet: another dataset
     and scale). ``baseline`` (``tables.init_baseline``) adds the untrained network's probe as a dotted
-    line with its CI band."""
+    line with its CI band. With ``seeds`` (``stats.long_table``) and ``fits`` (``stats.sensitivity``)
+    each seed is a thin line and each method's fitted within-seed slope a thick one, instead of the
+    unpaired bands."""
     level = baseline_level(baseline, ACCURACY[column])
     base = None if level is None else (100 * level[0], 100 * level[1])
     epochs = sorted(summary["epochs"].unique())
@@ -102,7 +128,11 @@ def fig_accuracy(summary: pd.DataFrame, column: str = "linear_top1", references:
     col = colors(summary["method_label"].unique())
     for ax, e in zip(axes[0], epochs):
         s = summary[summary["epochs"] == e]
-        _lines_with_bands(ax, s, column, col, scale=100)
+        if seeds is not None and fits is not None:
+            _seed_lines(ax, seeds[(seeds["epochs"] == e) & (seeds["metric"] == column)],
+                        fits[(fits["epochs"] == e) & (fits["metric"] == column)], col)
+        else:
+            _lines_with_bands(ax, s, column, col, scale=100)
         if base is not None:
             ax.axhline(base[0], color="0.35", linestyle=":", label="untrained network")
             if np.isfinite(base[1]):
@@ -128,6 +158,48 @@ def fig_accuracy(summary: pd.DataFrame, column: str = "linear_top1", references:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower center")
     _layout(fig)
+    return fig
+
+
+def _forest(ax, labels: list[str], est, lo, hi, colours: list[str], xlabel: str) -> None:
+    """One row per estimate (top to bottom), its CI as a horizontal bar, a vertical line at 0."""
+    y = np.arange(len(labels))[::-1]
+    est, lo, hi = (np.asarray(v, dtype=float) for v in (est, lo, hi))
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    for yi, e, a, b, c, k in zip(y, est, lo, hi, colours, ok):
+        if k:
+            ax.plot([a, b], [yi, yi], color=c, linewidth=2)
+        ax.plot([e], [yi], marker="o" if k else "x", color=c, linestyle="none")
+    ax.axvline(0, color="0.3", linewidth=0.8, linestyle=":")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_ylim(-0.7, len(labels) - 0.3)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3, axis="x")
+
+
+def fig_forest(fits: pd.DataFrame, pairs: pd.DataFrame, column: str = "linear_top1") -> Figure:
+    """Forest plot of metric column ``column``: each method x epochs' slope per doubling of B with its 95% CI
+    (``stats.sensitivity``), and, in a second panel when there are any, each method pair's slope difference
+    a - b (``stats.method_contrasts``). A cross marks an estimate without a CI."""
+    f = fits[(fits["metric"] == column) & np.isfinite(fits["slope_pts_per_doubling"])]
+    f = f.sort_values(["epochs", "method"])
+    d = pairs[(pairs["metric"] == column) & (pairs["contrast"] == "slope_difference")] if len(pairs) else pairs
+    n = 2 if len(d) else 1
+    rows = max(len(f), len(d) if n == 2 else 0, 1)
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 1.2 + 0.32 * rows), squeeze=False)
+    col = colors(fits["method"].unique())
+    _forest(axes[0][0], [f"{m}, {e} ep" for m, e in zip(f["method"], f["epochs"])], f["slope_pts_per_doubling"],
+            f["ci_low"], f["ci_high"], [col[m] for m in f["method"]], "slope (top-1 points per doubling of B)")
+    axes[0][0].set_title(f"{ACCURACY[column]} top-1: batch-size sensitivity, 95% CI", fontsize=9)
+    if n == 2:
+        d = d.sort_values(["epochs", "method_a", "method_b"])
+        _forest(axes[0][1], [f"{a} − {b}, {e} ep" for a, b, e in zip(d["method_a"], d["method_b"], d["epochs"])],
+                d["estimate"], d["ci_low"], d["ci_high"], [col.get(a, "0.2") for a in d["method_a"]],
+                "slope difference a − b (points per doubling)")
+        axes[0][1].set_title("method pairs, paired by seed, 95% CI", fontsize=9)
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=2.1 / w, right=1 - 0.2 / w, bottom=0.75 / h, top=1 - 0.35 / h,
+                        wspace=0.9 if n == 2 else 0.2)
     return fig
 
 
@@ -318,18 +390,31 @@ CURVE_COLUMNS = ["run_id", "status", "method_label", "batch_size", "epochs"]  # 
 
 
 def report_figures(summary: pd.DataFrame, drop: pd.DataFrame, base: pd.DataFrame, runs: pd.DataFrame,
-                   curves: pd.DataFrame, bias: pd.DataFrame | None, max_curve_cells: int) -> list[FigureSpec]:
-    """The report's figures, in the order it shows them: accuracy per probe that has values, relative
-    drop, heatmap, collapse, training curves, and the gradient bias when the study has bias.csv."""
+                   curves: pd.DataFrame, bias: pd.DataFrame | None, max_curve_cells: int,
+                   analysis=None) -> list[FigureSpec]:
+    """The report's figures, in the order it shows them: accuracy per probe that has values, the
+    sensitivity forest plot (with ``analysis``, an ``analysis.Analysis``), relative drop, heatmap,
+    collapse, training curves, and the gradient bias when the study has bias.csv. With ``analysis`` the
+    accuracy figures draw each seed and the fitted within-seed slope instead of unpaired CI bands."""
+    from .stats import long_table
+
     specs = []
+    seeds = long_table(runs) if analysis is not None else None
+    fits = analysis.sensitivity if analysis is not None else None
     for column, label in ACCURACY.items():
         if np.isfinite(summary[f"{column}_mean"]).any():
+            what = ("each seed a thin line, thick: the fitted within-seed slope per doubling of B"
+                    if analysis is not None else "mean and 95% CI band over seeds")
             specs.append(FigureSpec(
-                f"accuracy_{label.lower()}", fig_accuracy, (summary, column, True, base),
-                f"{label} top-1 vs batch size (mean and 95% CI band over seeds), one panel per epoch budget"
+                f"accuracy_{label.lower()}", fig_accuracy, (summary, column, True, base, seeds, fits),
+                f"{label} top-1 vs batch size ({what}), one panel per epoch budget"
                 + ("; dotted: the untrained network with the same probe" if baseline_level(base, label) else "")
                 + "; last panel: published ImageNet curves (another scale)", cost=2))
     hm = "linear_top1" if np.isfinite(summary["linear_top1_mean"]).any() else "knn_top1"
+    if analysis is not None and len(analysis.sensitivity):
+        specs.append(FigureSpec("sensitivity_forest", fig_forest, (analysis.sensitivity, analysis.method_contrasts, hm),
+                                f"{ACCURACY[hm]} top-1: slope per doubling of B per method and epoch budget, and "
+                                "the method-pair slope differences, each with its 95% CI (seed-blocked)"))
     specs.append(FigureSpec("relative_drop", fig_relative_drop, (drop, hm),
                             f"relative drop of {ACCURACY[hm]} top-1 from each method's best batch size: "
                             "ours (solid, largest epoch budget) vs published linear top-1 (dashed)"))

@@ -27,6 +27,7 @@ from statsmodels.regression.linear_model import OLS
 from scipy import optimize, special, stats
 
 from ..errors import UserError
+from ..registry import METHODS, split_label
 
 METRICS = ("linear_top1", "knn_top1")
 INIT_COLUMNS = {"linear_top1": "init_linear_top1", "knn_top1": "init_knn_top1"}
@@ -35,7 +36,6 @@ POWER = 0.80
 BOOT_REPS = 2000
 BOOT_MIN_SEEDS = 3            # 2 seeds have 3 distinct resamples: no CI from those
 BOOT_SEED = 20261123          # base of the per-row bootstrap generators (fixed: same input, same CI)
-DEFAULT_PAIRS = (("vicreg_unbiased", "vicreg"),)
 DEFAULT_EFFECTS = (0.5, 1.0, 2.0)
 MAX_SEEDS = 1000              # seeds_needed searches 2..MAX_SEEDS
 GROUP = ["method", "epochs", "metric"]
@@ -360,10 +360,18 @@ METHOD_CONTRAST_COLUMNS = ["method_a", "method_b", "epochs", "metric", "contrast
 
 
 def default_pairs(methods) -> list[tuple[str, str]]:
-    """Every unbiased-VICReg label (variants too) against ``vicreg``, when both ran."""
-    methods = set(methods)
-    return [(a, b) for a0, b in DEFAULT_PAIRS for a in sorted(methods)
-            if (a == a0 or a.startswith(a0 + "[")) and b in methods]
+    """(unbiased label, plug-in label) for each method variant among ``methods`` whose registry entry names
+    a plug-in counterpart (``MethodSpec.unbiased_of``, e.g. vicreg_unbiased -> vicreg) that is also among
+    ``methods`` (each of its variants); sorted by the unbiased label. The report's default ``compare``."""
+    by_method: dict[str, list[str]] = {}
+    for lb in methods:
+        by_method.setdefault(split_label(lb)[0], []).append(lb)
+    pairs = []
+    for lb in sorted(set(methods)):
+        spec = METHODS.get(split_label(lb)[0])
+        if spec is not None and spec.unbiased_of:
+            pairs += [(lb, p) for p in sorted(by_method.get(spec.unbiased_of, []))]
+    return pairs
 
 
 def method_contrasts(runs: pd.DataFrame, pairs=None, metrics=METRICS, alpha: float = ALPHA,

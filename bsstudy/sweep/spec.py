@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..layout import yaml_load_file
 
 GROUPS = CONF_GROUPS  # keys whose string value selects a config-group option
-TOP_KEYS = ("study", "base", "grid", "exclude", "include", "per_method", "slurm", "throughput")
+TOP_KEYS = ("study", "base", "grid", "exclude", "include", "per_method", "slurm", "throughput", "report")
 # Resources the planner passes to submitit (slurm_* prefixed unless generic); docs/sweep.md.
 SLURM_KEYS = (
     "partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
@@ -56,14 +56,16 @@ class Sweep:
     slurm: dict[str, Any] = field(default_factory=dict)
     per_method_slurm: dict[str, dict[str, Any]] = field(default_factory=dict)
     throughput: dict[str, float] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)  # read by `bsstudy report` from sweep.yaml, not here
 
     def to_dict(self) -> dict:
         """Plain dict in the file schema (what plan stores as results/<study>/sweep.yaml)."""
         pm = {m: dict(v) for m, v in self.per_method.items()}
         for m, s in self.per_method_slurm.items():
             pm.setdefault(m, {})["slurm"] = dict(s)
-        return {"study": self.study, "base": self.base, "grid": self.grid, "exclude": self.exclude,
-                "include": self.include, "per_method": pm, "slurm": self.slurm, "throughput": self.throughput}
+        out = {"study": self.study, "base": self.base, "grid": self.grid, "exclude": self.exclude,
+               "include": self.include, "per_method": pm, "slurm": self.slurm, "throughput": self.throughput}
+        return {**out, "report": self.report} if self.report else out
 
     def resources(self, method: str) -> dict[str, Any]:
         """SLURM resources of a cell of ``method``: defaults < sweep ``slurm`` < per-method ``slurm``."""
@@ -202,7 +204,7 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
             value = text.strip()  # YAML 1.1 reads 24:00:00 as base 60 (86400): keep SLURM's spelling
         if head == "study" and not rest:
             data["study"] = value
-        elif head in ("grid", "base", "slurm", "throughput") and rest:
+        elif head in ("grid", "base", "slurm", "throughput", "report") and rest:
             sect = data.get(head) or {}
             if not isinstance(sect, dict):
                 raise UserError(f"{source}: {head} must be a mapping")
@@ -276,8 +278,12 @@ def load_sweep(path: Path | str, overrides: list[str] = ()) -> Sweep:
     for k, v in tp.items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
             raise UserError(f"{src}: throughput.{k}: must be a positive number of images/s, got {v!r}")
+    report = data.get("report") or {}
+    if not isinstance(report, dict):
+        raise UserError(f"{src}: report: must be a mapping (e.g. {{reference_batch_size: 256}}); "
+                        "its keys are checked by `bsstudy report`")
     return Sweep(src, study, base, grid, rules["exclude"], rules["include"], per_method, slurm,
-                 per_method_slurm, {k: float(v) for k, v in tp.items()})
+                 per_method_slurm, {k: float(v) for k, v in tp.items()}, report)
 
 
 def _check_slurm(s: Any, where: str, src: str) -> dict[str, Any]:
