@@ -18,7 +18,7 @@ import pandas as pd
 from .. import __version__
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_text
-from ..layout import PLAN_COLUMNS, PLAN_EXTRA_COLUMNS, Status
+from ..layout import PLAN_COLUMNS, PLAN_EXTRA_COLUMNS, Status, StudyPaths
 from ..provenance import environment, git_state
 from ..registry import split_label
 from . import analysis as A

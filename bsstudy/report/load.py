@@ -22,6 +22,8 @@ REQUIRED = ("status", "method", "batch_size", "epochs", "seed")
 # The sweep file's `report:` block (kept in results/<study>/sweep.yaml by `bsstudy plan`): who authored the
 # study and what it is called, for its BibTeX entry. Each value is text; author may be a list of names.
 REPORT_META_KEYS = ("author", "title", "year")
+# the statistics' settings of the same block (read and checked by bsstudy.report.analysis)
+REPORT_ANALYSIS_KEYS = ("reference_batch_size", "compare")
 # The config.yaml blocks the report reads from every run (variants, and the Setup section: everything a
 # reader needs to reproduce a cell); each is parsed once per distinct text (read_config_block).
 SETUP_BLOCKS = ("method", "dataset", "model", "optim", "eval")
@@ -77,8 +79,11 @@ def read_report_meta(sweep_yaml: Path) -> dict:
         raise UserError(f"{sweep_yaml}: report: expected a mapping with keys {', '.join(REPORT_META_KEYS)}")
     out = {}
     for k, v in block.items():
+        if k in REPORT_ANALYSIS_KEYS:
+            continue
         if k not in REPORT_META_KEYS:
-            raise UserError(f"{sweep_yaml}: report.{k}: unknown key (choose from {', '.join(REPORT_META_KEYS)})")
+            raise UserError(f"{sweep_yaml}: report.{k}: unknown key (choose from "
+                            f"{', '.join(REPORT_META_KEYS + REPORT_ANALYSIS_KEYS)})")
         if k == "author" and isinstance(v, list) and v and all(isinstance(a, str) and a.strip() for a in v):
             v = " and ".join(a.strip() for a in v)
         if isinstance(v, int) and not isinstance(v, bool) and k == "year":
