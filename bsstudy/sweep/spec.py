@@ -18,6 +18,7 @@ Keys inside base/grid/include/per_method are config keys: nested mappings are fl
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from ..errors import UserError
 from ..layout import yaml_load_file
 
 GROUPS = CONF_GROUPS  # keys whose string value selects a config-group option
-TOP_KEYS = ("study", "base", "grid", "exclude", "include", "per_method", "slurm", "throughput")
+TOP_KEYS = ("study", "base", "grid", "exclude", "include", "per_method", "slurm", "throughput", "slurm_overrides")
 # Resources the planner passes to submitit (slurm_* prefixed unless generic); docs/sweep.md.
 SLURM_KEYS = (
     "partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
@@ -53,6 +54,8 @@ class Sweep:
     slurm: dict[str, Any] = field(default_factory=dict)
     per_method_slurm: dict[str, dict[str, Any]] = field(default_factory=dict)
     throughput: dict[str, float] = field(default_factory=dict)
+    # ``slurm.KEY=VALUE`` given on plan command lines, in order; plan keeps them for the next plan
+    slurm_overrides: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Plain dict in the file schema (what plan stores as results/<study>/sweep.yaml)."""
@@ -60,7 +63,8 @@ class Sweep:
         for m, s in self.per_method_slurm.items():
             pm.setdefault(m, {})["slurm"] = dict(s)
         return {"study": self.study, "base": self.base, "grid": self.grid, "exclude": self.exclude,
-                "include": self.include, "per_method": pm, "slurm": self.slurm, "throughput": self.throughput}
+                "include": self.include, "per_method": pm, "slurm": self.slurm, "throughput": self.throughput,
+                **({"slurm_overrides": list(self.slurm_overrides)} if self.slurm_overrides else {})}
 
     def resources(self, method: str) -> dict[str, Any]:
         """SLURM resources of a cell of ``method``: defaults < sweep ``slurm`` < per-method ``slurm``."""
@@ -148,7 +152,12 @@ def load_sweep(path: Path | str, overrides: list[str] = ()) -> Sweep:
     """Read and check a sweep file's structure (values are checked per cell by the planner)."""
     path = Path(path)
     src = str(path)
-    data = apply_overrides(_load_yaml(path), list(overrides), src)
+    data = _load_yaml(path)
+    stored = data.pop("slurm_overrides", None) or []
+    if not isinstance(stored, list) or not all(isinstance(o, str) and o.startswith("slurm.") for o in stored):
+        raise UserError(f"{src}: slurm_overrides: must be a list of 'slurm.KEY=VALUE' strings")
+    slurm_overrides = merge_slurm_overrides(stored, [o for o in overrides if o.strip().startswith("slurm.")])
+    data = apply_overrides(data, [*stored, *overrides], src)
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise UserError(f"{src}: unknown key {unknown[0]!r} (sweep keys: {', '.join(TOP_KEYS)})")
@@ -197,7 +206,18 @@ def load_sweep(path: Path | str, overrides: list[str] = ()) -> Sweep:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
             raise UserError(f"{src}: throughput.{k}: must be a positive number of images/s, got {v!r}")
     return Sweep(src, study, base, grid, rules["exclude"], rules["include"], per_method, slurm,
-                 per_method_slurm, {k: float(v) for k, v in tp.items()})
+                 per_method_slurm, {k: float(v) for k, v in tp.items()}, slurm_overrides)
+
+
+def override_key(override: str) -> str:
+    """The key of a ``KEY=VALUE`` command-line override."""
+    return override.partition("=")[0].strip()
+
+
+def merge_slurm_overrides(old: list[str], new: list[str]) -> list[str]:
+    """``slurm.*`` overrides of an earlier plan, replaced key by key by the ones given now (new last)."""
+    given = {override_key(o) for o in new}
+    return [o for o in old if override_key(o) not in given] + list(new)
 
 
 def _check_slurm(s: Any, where: str, src: str) -> dict[str, Any]:
@@ -218,6 +238,33 @@ def _check_slurm(s: Any, where: str, src: str) -> dict[str, Any]:
 
 def _matches(cell: dict[str, Any], rule: dict[str, Any]) -> bool:
     return all(cell.get(k) == v for k, v in rule.items())
+
+
+MAX_CELLS = 20000  # `bsstudy plan --max-cells` default: larger sweeps are refused before anything is built
+
+
+def check_cell_count(sweep: Sweep, max_cells: int = MAX_CELLS) -> int:
+    """Number of cells (before de-duplication) without building them; UserError above ``max_cells``.
+
+    A grid whose product alone exceeds 50x the cap is refused without walking it (exclude rules
+    could not bring it under the cap at a cost worth paying)."""
+    points = math.prod(len(v) for v in sweep.grid.values())
+    n = points + len(sweep.include)
+    bound = "up to " if sweep.exclude else ""
+    if n > max_cells and sweep.exclude and points <= 50 * max_cells:
+        bound = "more than "
+        keys = list(sweep.grid)
+        n = len(sweep.include)
+        for values in itertools.product(*(sweep.grid[k] for k in keys)):
+            full = {**sweep.base, **dict(zip(keys, values))}
+            n += not any(_matches(full, r) for r in sweep.exclude)
+            if n > max_cells:
+                break
+    if n > max_cells:
+        axes = " x ".join(f"{k} {len(v)}" for k, v in sweep.grid.items())
+        raise UserError(f"{sweep.source}: {bound}{n - (bound == 'more than ')} cells ({axes}) is above the cap "
+                        f"of {max_cells}; shrink the grid, or raise the cap with --max-cells N")
+    return n
 
 
 def expand(sweep: Sweep) -> list[dict[str, Any]]:
