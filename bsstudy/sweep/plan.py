@@ -65,6 +65,12 @@ def _set(cfg: dict, key: str, value: Any, source: str) -> dict:
         if i == len(parts) - 1:
             if isinstance(node[p], dict) and not isinstance(value, dict):
                 raise UserError(f"{source}: {key}: is a section; set one of its keys ({key}.<name>)")
+            if isinstance(node[p], (int, float, str)) and isinstance(value, list):
+                raise UserError(f"{source}: {key}: {value!r} is a list but {key} takes one value; to sweep it, "
+                                f"make it a grid axis: grid.{key}=[..]")
+            if isinstance(node[p], (int, float)) and isinstance(value, str) and "," in value:
+                raise UserError(f"{source}: {key}: {value!r}: to sweep several values use a grid axis, "
+                                f"grid.{key}=[{value}]")
             node[p] = value
         else:
             child = node[p]
@@ -73,6 +79,10 @@ def _set(cfg: dict, key: str, value: Any, source: str) -> dict:
             node[p] = dict(child)
             node = node[p]
     return root
+
+
+def cfg_groups(groups: dict[str, str]) -> list[str]:
+    return [f"{g}={v}" for g, v in sorted(groups.items())]
 
 
 class Planner:
@@ -90,8 +100,9 @@ class Planner:
         if key not in self._composed:
             from omegaconf import OmegaConf
 
-            cfg = bconfig.compose([f"{g}={v}" for g, v in sorted(groups.items())])
+            cfg = bconfig.compose(cfg_groups(groups))
             self._composed[key] = OmegaConf.to_container(cfg, resolve=True)
+            bconfig.check_value("", self._composed[key], f"{self.source} ({', '.join(cfg_groups(groups))})")
             self.canonical.remember(self._composed[key])
         return self._composed[key]
 
@@ -100,6 +111,7 @@ class Planner:
         src = self.source
         groups, scalars = {}, []
         for k, v in overrides.items():
+            bconfig.check_value(k, v, src, interpolation=False)  # the composed base is checked once
             if k in GROUPS:
                 if not isinstance(v, str):
                     raise UserError(f"{src}: {k}: must name one option of the {k} group, got {v!r}")
@@ -113,11 +125,7 @@ class Planner:
             cfg = _set(cfg, k, v, src)
         cfg = _set(cfg, "study", study, src)
         where = f"{src} (cell {cfg['method']['name']} batch_size={cfg.get('batch_size')!r})"
-        bconfig.validate(_View(cfg), where)
-        n = dataset_size(cfg)
-        if n is not None and isinstance(cfg["batch_size"], int) and cfg["batch_size"] > n:
-            raise UserError(f"{where}: batch_size: {cfg['batch_size']} is larger than the dataset "
-                            f"({cfg['dataset']['name']}: {n} training images)")
+        bconfig.validate(_View(cfg), where, values=False)
         # Same derived block as bsstudy.config.resolve (tests assert equality with cell_config).
         cfg["lr"] = bconfig.lr_record(cfg["method"], int(cfg["batch_size"]), where)
         return cfg

@@ -133,6 +133,8 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
             if head in ("grid", "base"):
                 sect = flatten(sect, "", source)
             if head == "grid" and not isinstance(value, list):
+                if isinstance(value, str) and "," in value:
+                    raise UserError(f"{source}: {key}={text}: a grid axis is a list: '{key}=[{text}]'")
                 value = [value]
             sect[rest] = value
             data[head] = sect
@@ -162,8 +164,11 @@ def load_sweep(path: Path | str, overrides: list[str] = ()) -> Sweep:
     if unknown:
         raise UserError(f"{src}: unknown key {unknown[0]!r} (sweep keys: {', '.join(TOP_KEYS)})")
     study = data.get("study")
-    if not isinstance(study, str) or not study or "/" in study or study.startswith("."):
-        raise UserError(f"{src}: study: needs a name usable as a directory, got {study!r}")
+    if (not isinstance(study, str) or not study or "/" in study or study.startswith(".") or len(study) > 100
+            or not study.isprintable()):
+        shown = repr(study) if not isinstance(study, str) or len(study) <= 40 else repr(study[:40]) + "..."
+        raise UserError(f"{src}: study: needs a name usable as a directory (at most 100 printable characters, "
+                        f"no '/', not starting with '.'), got {shown}")
     base = flatten(data.get("base") or {}, "base.", src)
     base = {k[len("base."):]: v for k, v in base.items()}
     grid_raw = data.get("grid") or {}
