@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from .data.sizes import pretrain_size
 from .errors import UserError
 from .registry import METHODS as _REGISTRY
 from .registry import method_names
@@ -70,9 +72,13 @@ def _lr_table(table: Any, source: str) -> dict[int, float]:
         raise UserError(f"{source}: method.lr_table: lr_scaling=table needs a mapping {{batch_size: lr}}, "
                         f"got {table!r}")
     try:
-        return {int(k): float(v) for k, v in table.items()}
+        t = {int(k): float(v) for k, v in table.items()}
     except (TypeError, ValueError):
         raise UserError(f"{source}: method.lr_table: keys must be batch sizes and values LRs, got {table!r}") from None
+    bad = [b for b, lr in t.items() if not (math.isfinite(lr) and lr > 0)]
+    if bad:
+        raise UserError(f"{source}: method.lr_table.{bad[0]}: {t[bad[0]]!r} must be a positive finite number")
+    return t
 
 
 def effective_lr(base_lr: float, batch_size: int, rule: str, table: Any = None, source: str = "config") -> float:
@@ -101,8 +107,35 @@ def lr_record(method: Any, batch_size: int, source: str = "config") -> dict:
                                       method.get("lr_table"), source)}
 
 
-def validate(cfg: DictConfig, source: str = "config") -> None:
-    """Check values that composing cannot check; raise UserError naming the key and ``source``."""
+def check_value(key: str, value: Any, source: str = "config", interpolation: bool = True) -> None:
+    """UserError if ``value`` (recursively) holds a non-finite number, or, with ``interpolation=False``, an
+    OmegaConf interpolation ``${...}`` (a sweep value would be hashed unresolved and resolved in the job)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{source}: {key}: {value!r} is not a finite number")
+    if isinstance(value, str) and not interpolation and "${" in value:
+        raise UserError(f"{source}: {key}: interpolation {value!r} is not allowed in a sweep (it would be resolved "
+                        "in each job's environment, after hashing); write the value itself")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            check_value(f"{key}.{k}" if key else str(k), v, source, interpolation)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_value(f"{key}[{i}]", v, source, interpolation)
+
+
+def _plain(cfg: Any) -> Any:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return getattr(cfg, "_d", cfg)  # the planner's attribute view over a plain dict
+
+
+def validate(cfg: DictConfig, source: str = "config", values: bool = True) -> None:
+    """Check values that composing cannot check; raise UserError naming the key and ``source``.
+
+    ``values=False`` skips the walk over every value for non-finite numbers (``check_value``): the
+    planner checks each composed base once and each override as it is applied."""
+    if values:
+        check_value("", _plain(cfg), source)
     name = cfg.method.name
     if name not in METHODS:
         raise UserError(f"{source}: method.name: unknown method {name!r} (choose from {', '.join(METHODS)})")
@@ -115,6 +148,9 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
         raise UserError(f"{source}: epochs: {cfg.epochs!r} must be an integer >= 1")
     if not isinstance(cfg.seed, int):
         raise UserError(f"{source}: seed: {cfg.seed!r} must be an integer")
+    lr = cfg.method.base_lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise UserError(f"{source}: method.base_lr: {lr!r} must be a positive finite number")
     if cfg.method.lr_scaling not in LR_SCALING:
         raise UserError(
             f"{source}: method.lr_scaling: {cfg.method.lr_scaling!r} (choose from {', '.join(LR_SCALING)})"
@@ -133,6 +169,11 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
         )
     if world > 1 and b // world < MIN_BATCH[name]:
         raise UserError(f"{source}: batch_size: {b} gives {b // world} rows per rank; {name} needs >= {MIN_BATCH[name]}")
+    n = cfg.dataset.train_subset
+    n = pretrain_size(cfg.dataset.name) if n is None else n
+    if isinstance(n, int) and b > n:
+        raise UserError(f"{source}: batch_size: {b} is larger than the dataset "
+                        f"({cfg.dataset.name}: {n} training images)")
 
 
 def resolve(cfg: DictConfig) -> DictConfig:
@@ -173,6 +214,37 @@ def load_run_config(path: Path | str) -> DictConfig:
     except Exception as exc:
         raise UserError(f"{p}: {_one_line(exc)}") from None
     OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9_]+-b\d+-e\d+-s-?\d+-[0-9a-f]{8}")
+
+
+def load_checked_run_config(path: Path | str) -> DictConfig:
+    """The trainer's read of a run's config.yaml: ``load_run_config``, then the same checks as ``bsstudy plan``
+    (``validate``; the ``lr`` block agrees with the method's rule) and, for a run directory named by a
+    run_id (a planned cell), that the config still hashes to that run_id. One-line UserError naming the file.
+
+    An ad-hoc ``bsstudy train ... out=DIR`` directory has no run_id name: only validated."""
+    p = Path(path)
+    cfg = load_run_config(p)
+    src = str(p)
+    try:
+        validate(cfg, src)
+        if "lr" in cfg:
+            want = lr_record(cfg.method, int(cfg.batch_size), src)
+            got = OmegaConf.to_container(cfg.lr, resolve=True)
+            if got != want:
+                raise UserError(f"{src}: lr: {got} does not follow method.base_lr/lr_scaling at batch_size "
+                                f"{cfg.batch_size} (expected {want})")
+        rid = p.parent.name
+        if _RUN_ID.fullmatch(rid) and run_id(cfg) != rid:
+            raise UserError(f"{src}: the config was changed after planning (it hashes to {run_id(cfg)}, not its "
+                            "run_id): re-plan the study instead of editing config.yaml")
+    except UserError:
+        raise
+    except Exception as exc:  # a hand-edited file of the wrong shape (missing section, wrong type)
+        raise UserError(f"{src}: {_one_line(exc)}") from None
     return cfg
 
 

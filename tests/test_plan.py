@@ -70,7 +70,9 @@ def test_changed_value_makes_new_runs_and_keeps_old(tmp_path, capsys):
     res = tmp_path / "results"
     main(["plan", str(sweep), "--results", str(res)])
     old = {x["run_id"] for x in rows(res / "tiny")}
-    assert main(["plan", str(sweep), "--results", str(res), "model.width=6"]) == 0
+    assert main(["plan", str(sweep), "--results", str(res), "model.width=6"]) == 2  # would drop all 6
+    assert {x["run_id"] for x in rows(res / "tiny")} == old
+    assert main(["plan", str(sweep), "--results", str(res), "model.width=6", "--replace"]) == 0
     new = {x["run_id"] for x in rows(res / "tiny")}
     assert len(new) == 6 and not (old & new)
     assert {p.name for p in (res / "tiny" / "runs").iterdir()} == old | new
@@ -169,3 +171,55 @@ def test_invalid_yaml_via_console(tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and str(sweep) in lines[0] and "invalid YAML" in lines[0] and "line" in lines[0]
     assert not res.exists()
+
+
+def test_replan_that_drops_cells_is_refused_dry_run_shows_diff_replace_accepts(tmp_path, capsys):
+    """issue 13 item 8: a re-plan to a smaller grid never silently shrinks plan.csv."""
+    sweep = write(tmp_path, TINY)
+    res = tmp_path / "results"
+    assert main(["plan", str(sweep), "--results", str(res)]) == 0
+    before = (res / "tiny" / "plan.csv").read_text()
+    dropped = sorted(x["run_id"] for x in rows(res / "tiny") if x["batch_size"] == "16")
+    capsys.readouterr()
+    assert main(["plan", str(sweep), "--results", str(res), "grid.batch_size=[8]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "drop 3" in err and "--replace" in err and dropped[0] in err, err
+    assert (res / "tiny" / "plan.csv").read_text() == before
+    assert main(["plan", str(sweep), "grid.batch_size=[8]", "--results", str(res), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"- {r}" in out for r in dropped) and "0 added, 3 unchanged, 3 dropped" in out, out
+    assert (res / "tiny" / "plan.csv").read_text() == before
+    assert main(["plan", str(sweep), "--results", str(res), "grid.batch_size=[8]", "--replace"]) == 0
+    assert len(rows(res / "tiny")) == 3
+    assert len(list((res / "tiny" / "runs").iterdir())) == 6  # the dropped cells' directories stay
+
+
+def test_replan_that_adds_cells_is_allowed(tmp_path, capsys):
+    sweep = write(tmp_path, TINY)
+    res = tmp_path / "results"
+    assert main(["plan", str(sweep), "--results", str(res)]) == 0
+    old = {x["run_id"] for x in rows(res / "tiny")}
+    assert main(["plan", str(sweep), "--results", str(res), "grid.seed=[0,1]", "--dry-run"]) == 0
+    assert "6 added, 6 unchanged, 0 dropped" in capsys.readouterr().out
+    assert main(["plan", str(sweep), "--results", str(res), "grid.seed=[0,1]"]) == 0
+    new = {x["run_id"] for x in rows(res / "tiny")}
+    assert len(new) == 12 and old < new
+
+
+def test_command_line_slurm_overrides_survive_the_next_plan(tmp_path, capsys):
+    """issue 13 item 8: slurm.* given once are kept in results/<study>/sweep.yaml until given again."""
+    sweep = write(tmp_path, dict(TINY, slurm={"partition": "debug", "mem_gb": 4}))
+    res = tmp_path / "results"
+    stored = lambda: load_sweep(res / "tiny" / "sweep.yaml")  # noqa: E731 - what submit reads
+    assert main(["plan", str(sweep), "--results", str(res), "slurm.partition=gpu", "slurm.account=proj"]) == 0
+    assert stored().resources("simclr")["partition"] == "gpu"
+    capsys.readouterr()
+    assert main(["plan", str(sweep), "--results", str(res), "grid.seed=[0,1]"]) == 0
+    out = capsys.readouterr().out
+    assert "keeping slurm.partition=gpu" in out and "keeping slurm.account=proj" in out
+    r = stored().resources("vicreg")
+    assert (r["partition"], r["account"], r["mem_gb"]) == ("gpu", "proj", 4)
+    assert main(["plan", str(sweep), "--results", str(res), "slurm.partition=debug"]) == 2  # drops seed 1
+    assert main(["plan", str(sweep), "--results", str(res), "slurm.partition=debug", "grid.seed=[0,1]"]) == 0
+    r = stored().resources("vicreg")
+    assert (r["partition"], r["account"]) == ("debug", "proj")

@@ -8,40 +8,89 @@ from pathlib import Path
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from ..layout import StudyPaths
-    from .plan import plan_cells, plan_summary_table, write_plan
-    from .spec import load_sweep
+    from ..errors import UserError
+    from ..layout import StudyPaths, yaml_load_file
+    from .plan import PlanDiff, check_no_shrink, plan_cells, plan_summary_table, previous_run_ids, write_plan
+    from .preflight import preflight_data
+    from .spec import check_cell_count, load_sweep, merge_slurm_overrides
 
-    overrides, results = _split_overrides(args.overrides, args.results)
+    opts = _split_overrides(args.overrides, {"results": args.results, "dry_run": args.dry_run,
+                                             "replace": args.replace, "max_cells": args.max_cells})
+    overrides, results = opts["overrides"], Path(opts["results"])
     sweep = load_sweep(args.sweep, overrides)
-    results = Path(results)
+    paths = StudyPaths(results / sweep.study)
+    # slurm.* overrides of the previous plan stay unless given again (docs/sweep.md)
+    kept: list[str] = []
+    if paths.sweep.exists():
+        stored = yaml_load_file(paths.sweep)
+        old = stored.get("slurm_overrides") if isinstance(stored, dict) else None
+        if isinstance(old, list) and all(isinstance(o, str) for o in old):
+            kept = [o for o in merge_slurm_overrides(old, sweep.slurm_overrides) if o not in sweep.slurm_overrides]
+    if kept:
+        sweep = load_sweep(args.sweep, [*kept, *overrides])
+        for o in kept:
+            print(f"plan: keeping {o} from the previous plan ({paths.sweep}); give {o.partition('=')[0]}=... "
+                  "to change it")
+    check_cell_count(sweep, opts["max_cells"])
     cells = plan_cells(sweep, results)  # validates every cell before anything is written
+    diff = PlanDiff.between(previous_run_ids(paths.dir), cells)
+    if opts["dry_run"]:
+        try:
+            preflight_data([c.config for c in cells])
+        except UserError as exc:  # a plan previewed away from the data: say so, do not stop
+            print(f"plan --dry-run: warning: {exc}")
+        print(f"plan --dry-run: study {sweep.study}: {len(cells)} cells; against {paths.plan}:")
+        print("\n".join(diff.lines()))
+        if diff.dropped and not opts["replace"]:
+            print("(dropping cells needs --replace)")
+        print(plan_summary_table(cells))
+        return 0
+    if not opts["replace"]:
+        check_no_shrink(diff, paths.plan)
+    preflight_data([c.config for c in cells])
     w = write_plan(sweep, cells, results)
-    study_dir = results / sweep.study
-    print(f"plan: study {sweep.study}: {len(cells)} cells -> {StudyPaths(study_dir).plan} "
-          f"({w['configs_new']} new, {w['configs_unchanged']} unchanged, {w['configs_rewritten']} rewritten)")
+    print(f"plan: study {sweep.study}: {len(cells)} cells -> {paths.plan} "
+          f"({w['configs_new']} new, {w['configs_unchanged']} unchanged, {w['configs_rewritten']} rewritten"
+          + (f"; {len(diff.dropped)} dropped from plan.csv, their run directories kept" if diff.dropped else "")
+          + ")")
     print(plan_summary_table(cells))
     return 0
 
 
-def _split_overrides(rest: list[str], results: str) -> tuple[list[str], str]:
-    """Overrides after the sweep file may be mixed with ``--results DIR`` (argparse cannot interleave them)."""
+_PLAN_FLAGS = {"--dry-run": "dry_run", "--replace": "replace"}
+_PLAN_VALUES = {"--results": "results", "--max-cells": "max_cells"}
+
+
+def _split_overrides(rest: list[str], opts: dict) -> dict:
+    """Overrides after the sweep file may be mixed with the options (argparse cannot interleave them)."""
     from ..errors import UserError
 
     out, i = [], 0
+    opts = dict(opts)
     while i < len(rest):
         a = rest[i]
-        if a == "--results" and i + 1 < len(rest):
-            results, i = rest[i + 1], i + 2
-            continue
-        if a.startswith("--results="):
-            results = a.split("=", 1)[1]
+        name, eq, val = a.partition("=")
+        if name in _PLAN_FLAGS and not eq:
+            opts[_PLAN_FLAGS[name]] = True
+        elif name in _PLAN_VALUES:
+            if not eq:
+                if i + 1 >= len(rest):
+                    raise UserError(f"{name} needs a value")
+                val, i = rest[i + 1], i + 1
+            opts[_PLAN_VALUES[name]] = val
+        elif a in ("-m", "--multirun"):
+            raise UserError(f"{a}: there is no multirun; sweep a key with grid.KEY=[..], e.g. 'grid.seed=[0,1,2]'")
         elif a.startswith("-"):
-            raise UserError(f"unknown option {a!r} (options: --results DIR)")
+            raise UserError(f"unknown option {a!r} (options: {', '.join([*_PLAN_VALUES, *_PLAN_FLAGS])})")
         else:
             out.append(a)
         i += 1
-    return out, results
+    try:
+        opts["max_cells"] = int(opts["max_cells"])
+    except (TypeError, ValueError):
+        raise UserError(f"--max-cells: needs an integer, got {opts['max_cells']!r}") from None
+    opts["overrides"] = out
+    return opts
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -84,15 +133,24 @@ def _status(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the plan, submit and status verbs."""
     from ..layout import STATUS_ORDER
+    from .spec import MAX_CELLS
 
     p = sub.add_parser("plan", help="expand a sweep YAML into run configs (results/<study>/plan.csv, runs/)",
                        description="Validate every cell of SWEEP.yaml, then write results/<study>/plan.csv and "
                        "runs/<run_id>/config.yaml. Overrides: grid.KEY=[..], base config KEY=VALUE, "
-                       "slurm.KEY=VALUE, study=NAME. Re-planning the same sweep changes nothing.")
+                       "slurm.KEY=VALUE, study=NAME. Re-planning the same sweep changes nothing; a re-plan that "
+                       "would drop cells of the current plan.csv is refused (--dry-run shows the diff, "
+                       "--replace accepts it).")
     p.add_argument("sweep", help="sweep YAML file (schema: docs/sweep.md)")
     p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
                    help="e.g. grid.seed=[0,1,2] epochs=5 slurm.partition=gpu")
     p.add_argument("--results", default="results", help="results root (default: results/)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and show the diff against the current plan.csv; write nothing")
+    p.add_argument("--replace", action="store_true",
+                   help="allow a plan that drops cells of the current plan.csv (their run directories stay)")
+    p.add_argument("--max-cells", type=int, default=MAX_CELLS,
+                   help=f"refuse sweeps of more cells (default {MAX_CELLS})")
     p.set_defaults(func=_plan)
 
     s = sub.add_parser("submit", help="submit a planned study (SLURM job arrays via submitit, or local)",

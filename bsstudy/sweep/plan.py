@@ -65,6 +65,12 @@ def _set(cfg: dict, key: str, value: Any, source: str) -> dict:
         if i == len(parts) - 1:
             if isinstance(node[p], dict) and not isinstance(value, dict):
                 raise UserError(f"{source}: {key}: is a section; set one of its keys ({key}.<name>)")
+            if isinstance(node[p], (int, float, str)) and isinstance(value, list):
+                raise UserError(f"{source}: {key}: {value!r} is a list but {key} takes one value; to sweep it, "
+                                f"make it a grid axis: grid.{key}=[..]")
+            if isinstance(node[p], (int, float)) and isinstance(value, str) and "," in value:
+                raise UserError(f"{source}: {key}: {value!r}: to sweep several values use a grid axis, "
+                                f"grid.{key}=[{value}]")
             node[p] = value
         else:
             child = node[p]
@@ -73,6 +79,10 @@ def _set(cfg: dict, key: str, value: Any, source: str) -> dict:
             node[p] = dict(child)
             node = node[p]
     return root
+
+
+def cfg_groups(groups: dict[str, str]) -> list[str]:
+    return [f"{g}={v}" for g, v in sorted(groups.items())]
 
 
 class Planner:
@@ -90,8 +100,9 @@ class Planner:
         if key not in self._composed:
             from omegaconf import OmegaConf
 
-            cfg = bconfig.compose([f"{g}={v}" for g, v in sorted(groups.items())])
+            cfg = bconfig.compose(cfg_groups(groups))
             self._composed[key] = OmegaConf.to_container(cfg, resolve=True)
+            bconfig.check_value("", self._composed[key], f"{self.source} ({', '.join(cfg_groups(groups))})")
             self.canonical.remember(self._composed[key])
         return self._composed[key]
 
@@ -100,6 +111,7 @@ class Planner:
         src = self.source
         groups, scalars = {}, []
         for k, v in overrides.items():
+            bconfig.check_value(k, v, src, interpolation=False)  # the composed base is checked once
             if k in GROUPS:
                 if not isinstance(v, str):
                     raise UserError(f"{src}: {k}: must name one option of the {k} group, got {v!r}")
@@ -113,11 +125,7 @@ class Planner:
             cfg = _set(cfg, k, v, src)
         cfg = _set(cfg, "study", study, src)
         where = f"{src} (cell {cfg['method']['name']} batch_size={cfg.get('batch_size')!r})"
-        bconfig.validate(_View(cfg), where)
-        n = dataset_size(cfg)
-        if n is not None and isinstance(cfg["batch_size"], int) and cfg["batch_size"] > n:
-            raise UserError(f"{where}: batch_size: {cfg['batch_size']} is larger than the dataset "
-                            f"({cfg['dataset']['name']}: {n} training images)")
+        bconfig.validate(_View(cfg), where, values=False)
         # Same derived block as bsstudy.config.resolve (tests assert equality with cell_config).
         cfg["lr"] = bconfig.lr_record(cfg["method"], int(cfg["batch_size"]), where)
         return cfg
@@ -257,24 +265,90 @@ def plan_csv_text(cells: list[Cell]) -> str:
     return buf.getvalue()
 
 
+def previous_run_ids(study_dir: Path) -> list[str]:
+    """run_ids of the study's current plan.csv, in order ([] when never planned)."""
+    p = StudyPaths(study_dir).plan
+    if not p.exists():
+        return []
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "run_id" not in reader.fieldnames:
+                raise UserError(f"{p}: not a plan.csv (no run_id column); move it away to re-plan")
+            return [r["run_id"] for r in reader if r.get("run_id")]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{p}: cannot read the previous plan ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass
+class PlanDiff:
+    """A re-plan against the study's previous plan.csv: cells added, kept and dropped (run_ids)."""
+
+    added: list[str]
+    kept: list[str]
+    dropped: list[str]
+
+    @classmethod
+    def between(cls, old: list[str], cells: list[Cell]) -> "PlanDiff":
+        new = [c.run_id for c in cells]
+        old_set, new_set = set(old), set(new)
+        return cls([r for r in new if r not in old_set], [r for r in new if r in old_set],
+                   [r for r in old if r not in new_set])
+
+    def lines(self, limit: int = 20) -> list[str]:
+        """The diff as ``+ run_id`` / ``- run_id`` lines (at most ``limit`` of each), then the counts."""
+        out = []
+        for sign, ids in (("+", self.added), ("-", self.dropped)):
+            out += [f"{sign} {r}" for r in ids[:limit]]
+            if len(ids) > limit:
+                out.append(f"{sign} ... and {len(ids) - limit} more")
+        out.append(f"{len(self.added)} added, {len(self.kept)} unchanged, {len(self.dropped)} dropped")
+        return out
+
+
+def check_no_shrink(diff: PlanDiff, plan_path: Path) -> None:
+    """Refuse a re-plan that would drop cells of the previous plan.csv (``--replace`` accepts it)."""
+    if not diff.dropped:
+        return
+    shown = ", ".join(diff.dropped[:3]) + (f" and {len(diff.dropped) - 3} more" if len(diff.dropped) > 3 else "")
+    raise UserError(f"{plan_path}: re-planning would drop {len(diff.dropped)} of its cells ({shown}); give a grid "
+                    "that contains the previous one, see the diff with --dry-run, or pass --replace to plan "
+                    "only the new cells (the old run directories stay)")
+
+
 def write_plan(sweep: Sweep, cells: list[Cell], results: Path) -> dict[str, int]:
-    """Write plan.csv, sweep.yaml and each new/changed runs/<run_id>/config.yaml; counts of files written."""
+    """Write each new/changed runs/<run_id>/config.yaml, then plan.csv and sweep.yaml; counts of configs.
+
+    plan.csv and the run directories change as one unit: config.yaml files come first (a plan.csv row
+    always has its config), and if writing them fails or is interrupted, the ones created by this call
+    are removed again, so the study is left as it was (an unrelated run directory is never listed)."""
     paths = StudyPaths(results / sweep.study)
     written = {"configs_new": 0, "configs_unchanged": 0, "configs_rewritten": 0}
-    for c in cells:
-        p = paths.run(c.run_id).config
-        text = config_text(c.config)
-        if p.exists():
-            if p.read_text() == text:
-                written["configs_unchanged"] += 1
-                continue
-            written["configs_rewritten"] += 1  # same identity, different `out` (results dir moved)
-        else:
-            written["configs_new"] += 1
-        atomic_write_text(p, text)
-    for p, text in ((paths.plan, plan_csv_text(cells)), (paths.sweep, yaml_dump(sweep.to_dict()))):
-        if not p.exists() or p.read_text() != text:
+    created: list[Path] = []
+    try:
+        for c in cells:
+            p = paths.run(c.run_id).config
+            text = config_text(c.config)
+            if p.exists():
+                if p.read_text() == text:
+                    written["configs_unchanged"] += 1
+                    continue
+                written["configs_rewritten"] += 1  # same identity, different `out` (results dir moved)
+            else:
+                written["configs_new"] += 1
+                created.append(p)
             atomic_write_text(p, text)
+        for p, text in ((paths.plan, plan_csv_text(cells)), (paths.sweep, yaml_dump(sweep.to_dict()))):
+            if not p.exists() or p.read_text() != text:
+                atomic_write_text(p, text)
+    except BaseException:
+        for p in created:
+            p.unlink(missing_ok=True)
+            try:
+                p.parent.rmdir()  # only when empty: nothing of a run is ever removed
+            except OSError:
+                pass
+        raise
     return written
 
 
@@ -305,5 +379,5 @@ def plan_summary_table(cells: Iterable[Cell]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Cell", "Planner", "plan_cells", "plan_row", "write_plan", "plan_summary_table", "config_text",
+__all__ = ["Cell", "Planner", "PlanDiff", "check_no_shrink", "previous_run_ids", "plan_cells", "plan_row", "write_plan", "plan_summary_table", "config_text",
            "dataset_size", "gpu_hours"]

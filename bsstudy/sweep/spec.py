@@ -31,7 +31,8 @@ from ..errors import UserError
 from ..layout import yaml_load_file
 
 GROUPS = CONF_GROUPS  # keys whose string value selects a config-group option
-TOP_KEYS = ("study", "base", "grid", "exclude", "include", "per_method", "slurm", "throughput", "report")
+TOP_KEYS = ("study", "base", "grid", "exclude", "include", "per_method", "slurm", "throughput", "report",
+            "slurm_overrides")
 # Resources the planner passes to submitit (slurm_* prefixed unless generic); docs/sweep.md.
 SLURM_KEYS = (
     "partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
@@ -57,6 +58,8 @@ class Sweep:
     per_method_slurm: dict[str, dict[str, Any]] = field(default_factory=dict)
     throughput: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)  # read by `bsstudy report` from sweep.yaml, not here
+    # ``slurm.KEY=VALUE`` given on plan command lines, in order; plan keeps them for the next plan
+    slurm_overrides: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """Plain dict in the file schema (what plan stores as results/<study>/sweep.yaml)."""
@@ -65,7 +68,11 @@ class Sweep:
             pm.setdefault(m, {})["slurm"] = dict(s)
         out = {"study": self.study, "base": self.base, "grid": self.grid, "exclude": self.exclude,
                "include": self.include, "per_method": pm, "slurm": self.slurm, "throughput": self.throughput}
-        return {**out, "report": self.report} if self.report else out
+        if self.report:
+            out["report"] = self.report
+        if self.slurm_overrides:
+            out["slurm_overrides"] = list(self.slurm_overrides)
+        return out
 
     def resources(self, method: str) -> dict[str, Any]:
         """SLURM resources of a cell of ``method``: defaults < sweep ``slurm`` < per-method ``slurm``."""
@@ -211,6 +218,8 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
             if head in ("grid", "base"):
                 sect = flatten(sect, "", source)
             if head == "grid" and not isinstance(value, list):
+                if isinstance(value, str) and "," in value:
+                    raise UserError(f"{source}: {key}={text}: a grid axis is a list: '{key}=[{text}]'")
                 value = [value]
             sect[rest] = value
             data[head] = sect
@@ -230,13 +239,21 @@ def load_sweep(path: Path | str, overrides: list[str] = ()) -> Sweep:
     """Read and check a sweep file's structure (values are checked per cell by the planner)."""
     path = Path(path)
     src = str(path)
-    data = apply_overrides(_load_yaml(path), list(overrides), src)
+    data = _load_yaml(path)
+    stored = data.pop("slurm_overrides", None) or []
+    if not isinstance(stored, list) or not all(isinstance(o, str) and o.startswith("slurm.") for o in stored):
+        raise UserError(f"{src}: slurm_overrides: must be a list of 'slurm.KEY=VALUE' strings")
+    slurm_overrides = merge_slurm_overrides(stored, [o for o in overrides if o.strip().startswith("slurm.")])
+    data = apply_overrides(data, [*stored, *overrides], src)
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise UserError(f"{src}: unknown key {unknown[0]!r} (sweep keys: {', '.join(TOP_KEYS)})")
     study = data.get("study")
-    if not isinstance(study, str) or not study or "/" in study or study.startswith("."):
-        raise UserError(f"{src}: study: needs a name usable as a directory, got {study!r}")
+    if (not isinstance(study, str) or not study or "/" in study or study.startswith(".") or len(study) > 100
+            or not study.isprintable()):
+        shown = repr(study) if not isinstance(study, str) or len(study) <= 40 else repr(study[:40]) + "..."
+        raise UserError(f"{src}: study: needs a name usable as a directory (at most 100 printable characters, "
+                        f"no '/', not starting with '.'), got {shown}")
     base = flatten(data.get("base") or {}, "base.", src)
     base = {k[len("base."):]: v for k, v in base.items()}
     grid_raw = data.get("grid") or {}
@@ -283,7 +300,18 @@ def load_sweep(path: Path | str, overrides: list[str] = ()) -> Sweep:
         raise UserError(f"{src}: report: must be a mapping (e.g. {{reference_batch_size: 256}}); "
                         "its keys are checked by `bsstudy report`")
     return Sweep(src, study, base, grid, rules["exclude"], rules["include"], per_method, slurm,
-                 per_method_slurm, {k: float(v) for k, v in tp.items()}, report)
+                 per_method_slurm, {k: float(v) for k, v in tp.items()}, report, slurm_overrides)
+
+
+def override_key(override: str) -> str:
+    """The key of a ``KEY=VALUE`` command-line override."""
+    return override.partition("=")[0].strip()
+
+
+def merge_slurm_overrides(old: list[str], new: list[str]) -> list[str]:
+    """``slurm.*`` overrides of an earlier plan, replaced key by key by the ones given now (new last)."""
+    given = {override_key(o) for o in new}
+    return [o for o in old if override_key(o) not in given] + list(new)
 
 
 def _check_slurm(s: Any, where: str, src: str) -> dict[str, Any]:
@@ -316,6 +344,33 @@ def _check_slurm(s: Any, where: str, src: str) -> dict[str, Any]:
 
 def _matches(cell: dict[str, Any], rule: dict[str, Any]) -> bool:
     return all(cell.get(k) == v for k, v in rule.items())
+
+
+MAX_CELLS = 20000  # `bsstudy plan --max-cells` default: larger sweeps are refused before anything is built
+
+
+def check_cell_count(sweep: Sweep, max_cells: int = MAX_CELLS) -> int:
+    """Number of cells (before de-duplication) without building them; UserError above ``max_cells``.
+
+    A grid whose product alone exceeds 50x the cap is refused without walking it (exclude rules
+    could not bring it under the cap at a cost worth paying)."""
+    points = math.prod(len(v) for v in sweep.grid.values())
+    n = points + len(sweep.include)
+    bound = "up to " if sweep.exclude else ""
+    if n > max_cells and sweep.exclude and points <= 50 * max_cells:
+        bound = "more than "
+        keys = list(sweep.grid)
+        n = len(sweep.include)
+        for values in itertools.product(*(sweep.grid[k] for k in keys)):
+            full = {**sweep.base, **dict(zip(keys, values))}
+            n += not any(_matches(full, r) for r in sweep.exclude)
+            if n > max_cells:
+                break
+    if n > max_cells:
+        axes = " x ".join(f"{k} {len(v)}" for k, v in sweep.grid.items())
+        raise UserError(f"{sweep.source}: {bound}{n - (bound == 'more than ')} cells ({axes}) is above the cap "
+                        f"of {max_cells}; shrink the grid, or raise the cap with --max-cells N")
+    return n
 
 
 def expand(sweep: Sweep) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import load_run_config
+from ..config import load_checked_run_config
 from ..io import append_jsonl
 from ..layout import TERMINAL, RunPaths, Status, read_result, write_result
 from ..locks import hold_run_lock
@@ -41,7 +41,7 @@ def run_cell(run_dir: Path | str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     previous = read_result(paths.result)
     if previous is not None and previous.get("status") in TERMINAL:
         return previous
-    cfg = load_run_config(paths.config)
+    cfg = load_checked_run_config(paths.config)  # plan's checks + run_id hash (bsstudy.config)
     created_group = ddp.init_from_env(cfg)
     dist = current_dist()
     fields = run_fields(cfg, paths.run_id)
