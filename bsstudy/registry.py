@@ -36,6 +36,14 @@ METHODS: dict[str, MethodSpec] = {
         choices={"variance": ("jackknife", "jackknife_ema_gate", "ema", "c4", "plugin"),
                  "cov_target": ("identity", "offdiag")},
         variant_params=("variance", "cov_target")),
+    "barlow_twins": MethodSpec("barlow_twins", family="covariance"),
+    # U-statistics of 4-tuples need n >= 4 rows; on_diagonal=plugin is the ablation of the jackknife
+    "barlow_twins_unbiased": MethodSpec(
+        "barlow_twins_unbiased", family="covariance", min_rows=4,
+        choices={"on_diagonal": ("jackknife", "plugin")}, variant_params=("on_diagonal",)),
+    # weighting=vmf is DCLW (the paper's weighted variant)
+    "dcl": MethodSpec("dcl", family="contrastive", choices={"weighting": ("none", "vmf")},
+                      variant_params=("weighting",)),
 }
 
 

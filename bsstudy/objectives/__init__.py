@@ -1,4 +1,5 @@
-"""Self-supervised objectives of two views' embeddings: simclr, vicreg, vicreg_unbiased.
+"""Self-supervised objectives of two views' embeddings: simclr, dcl, vicreg, vicreg_unbiased, barlow_twins,
+barlow_twins_unbiased.
 
     from bsstudy.objectives import build_objective
     loss_fn = build_objective("vicreg", **cfg.method.loss)
@@ -13,12 +14,16 @@ from typing import Any
 
 from ..errors import UserError
 from . import estimators
-from .losses import COV_TARGETS, VARIANCE_SCHEMES, Objective, ObjectiveOutput, SimCLR, UnbiasedVICReg, VICReg
+from .losses import (COV_TARGETS, DCL, VARIANCE_SCHEMES, BarlowTwins, Objective, ObjectiveOutput, SimCLR,
+                     UnbiasedBarlowTwins, UnbiasedVICReg, VICReg)
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "simclr": SimCLR,
     "vicreg": VICReg,
     "vicreg_unbiased": UnbiasedVICReg,
+    "barlow_twins": BarlowTwins,
+    "barlow_twins_unbiased": UnbiasedBarlowTwins,
+    "dcl": DCL,
 }
 
 
@@ -38,4 +43,5 @@ def build_objective(name: str, **params: Any) -> Objective:
 
 
 __all__ = ["OBJECTIVES", "build_objective", "Objective", "ObjectiveOutput", "SimCLR", "VICReg", "UnbiasedVICReg",
+           "BarlowTwins", "UnbiasedBarlowTwins", "DCL",
            "VARIANCE_SCHEMES", "COV_TARGETS", "estimators"]
