@@ -157,11 +157,25 @@ def offdiag_sq_from_moments(m: Moments, unbiased: bool, form: str = "auto") -> T
     return _u_off(m, form) if unbiased else _plugin_offdiag(m, form)
 
 
+def _diag_minus_identity_sq(m: Moments, unbiased: bool) -> Tensor:
+    """sum_i (Sigma_ii - 1)^2: plug-in sum_i (v_i - 1)^2, or its U-statistic
+    sum_i [(v_i - 1)^2 - (M4_i - v_i^2 (n^2 - 3)/n) / ((n-2)(n-3))] with M4_i = sum_a zc_ai^4, which is
+    U_diag - 2 tr C + d regrouped so that no d-sized quantity enters a difference."""
+    n = m.zc.shape[-2]
+    v = m.s_ii / (n - 1)
+    out = (v - 1.0).pow(2)
+    if unbiased:
+        m4 = m.sq.pow(2).sum(dim=-2)
+        out = out - (m4 - v.pow(2) * ((n * n - 3) / n)) / ((n - 2) * (n - 3))
+    return out.sum(dim=-1)
+
+
 def minus_identity_sq_from_moments(m: Moments, unbiased: bool, form: str = "auto") -> Tensor:
-    """``cov_minus_identity_sq`` from precomputed ``moments(z)``."""
-    n, d = m.zc.shape[-2], m.zc.shape[-1]
-    tr_c = m.r.sum(dim=-1) / (n - 1)               # tr C is unbiased for tr Sigma
-    return fro_sq_from_moments(m, unbiased, form) - 2.0 * tr_c + d
+    """``cov_minus_identity_sq`` from precomputed ``moments(z)``: off-diagonal + sum_i (Sigma_ii - 1)^2.
+
+    Not as ||C||^2 - 2 tr C + d: near Sigma = I that difference cancels d against a result near 0
+    (float32 relative error ~1 at n = 65536, d = 4 on whitened data)."""
+    return offdiag_sq_from_moments(m, unbiased, form) + _diag_minus_identity_sq(m, unbiased)
 
 
 def cov_fro_sq(z: Tensor, unbiased: bool, form: str = "auto") -> Tensor:
