@@ -342,8 +342,9 @@ def test_u_statistic_objectives_need_four_rows(name):
                          + [("vicreg_unbiased", {"variance": s, "cov_target": t}) for s in SCHEMES
                             for t in ("identity", "offdiag")]
                          + [("barlow_twins", {}), ("barlow_twins_unbiased", {}),
-                            ("barlow_twins_unbiased", {"on_diagonal": "plugin"}), ("dcl", {}),
-                            ("dcl", {"weighting": "vmf"})])
+                            ("barlow_twins_unbiased", {"on_diagonal": "plugin"}), ("dcl", {})])
+# (dcl with weighting=vmf is not a gradcheck case: its weights are detached by definition, as in lightly's
+# DCLWLoss, whose gradients it matches in tests/test_barlow_dcl.py)
 def test_gradcheck(name, params):
     z1, z2 = _pair(7, 5, seed=11, scale=0.6)
     f = build_objective(name, **params)
@@ -395,10 +396,10 @@ def test_float32_matches_float64_up_to_large_batches(kind, n, d):
     """Every term and the embedding gradient in float32 within 1e-3 (relative) of float64 at n up to 65536.
     Before the fixes: VICReg's plug-in off-diagonal 9e-2 (whitened, n = 65536; 0.0 at d = 16 in the issue's
     data), the jackknife std 5e-3, U_off 0.34, ||Sigma - I||^2 0.9. The contrastive objectives need (2n)^2
-    logits, so they run to n = 4096 (a 65536 batch would need 64 GiB)."""
+    logits (64 GiB at n = 65536) and have no large-n cancellation, so they run to n = 1024 (~2 min at 4096)."""
     z1, z2 = _f32_data(kind, n, d)
     for name, params in F32_CONFIGS:
-        if name in ("simclr", "dcl") and n > 4096:
+        if name in ("simclr", "dcl") and n > 1024:
             continue
         f = build_objective(name, **params)
         a64, b64 = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
