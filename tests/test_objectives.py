@@ -292,6 +292,7 @@ def test_registry_and_unknown_name():
     ("vicreg_unbiased", {"gamma": 0}, "gamma=0 must be > 0"),
     ("barlow_twins", {"lambd": 0.1}, "unknown parameter lambd"),
     ("barlow_twins", {"lambda_param": -0.1}, "lambda_param=-0.1 must be >= 0"),
+    ("barlow_twins", {"eps": 0.0}, "eps=0.0 must be > 0"),
     ("barlow_twins_unbiased", {"on_diagonal": "exact"}, "on_diagonal='exact' is not one of jackknife, plugin"),
     ("dcl", {"temperature": 0}, "temperature=0 must be > 0"),
     ("dcl", {"weighting": "vMF"}, "weighting='vMF' is not one of none, vmf"),

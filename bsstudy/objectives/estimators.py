@@ -204,17 +204,19 @@ def _check_pair(x: Tensor, y: Tensor, unbiased: bool, form: str) -> None:
     _check(x, unbiased, form)
 
 
-def cross_offdiag_s2(xc: Tensor, yc: Tensor, form: str = "auto") -> Tensor:
-    """sum_{i != j} S_ij^2 with S = xc^T yc (d x d), for rows xc, yc (..., n, d).
+def cross_products(xc: Tensor, yc: Tensor, form: str = "auto") -> tuple[Tensor, Tensor]:
+    """(sum_{i != j} S_ij^2, diag S) with S = xc^T yc (d x d), for rows xc, yc (..., n, d) -> (...), (..., d).
 
     S-form: S with its diagonal zeroed. Gram form (``auto`` when 2n < d: two n x n products cost less than
     one d x d): sum_ab Kx_ab Ky_ab - sum_i S_ii^2 with Kx = xc xc^T, Ky = yc yc^T; there the off-diagonal
     sum is >= ~(d/n) x the diagonal one, so the difference keeps its precision."""
     n, d = xc.shape[-2], xc.shape[-1]
     if form == "gram" or (form == "auto" and 2 * n < d):
+        diag = (xc * yc).sum(dim=-2)
         fro = (xc @ xc.transpose(-1, -2)).mul_(yc @ yc.transpose(-1, -2)).sum(dim=(-1, -2))
-        return fro - (xc * yc).sum(dim=-2).pow(2).sum(dim=-1)
-    return _offdiag_sq_sum(xc.transpose(-1, -2) @ yc)
+        return fro - diag.pow(2).sum(dim=-1), diag
+    s = xc.transpose(-1, -2) @ yc
+    return _offdiag_sq_sum(s), torch.diagonal(s, dim1=-2, dim2=-1)
 
 
 def cross_offdiag_sq_centred(xc: Tensor, yc: Tensor, unbiased: bool, form: str = "auto") -> Tensor:
@@ -224,10 +226,13 @@ def cross_offdiag_sq_centred(xc: Tensor, yc: Tensor, unbiased: bool, form: str =
         [a sum_{i!=j} S_ij^2 + b sum_{i!=j} Sx_ii Sy_jj - c sum_a sum_{i!=j} xc_ai^2 yc_aj^2] / den
     with U_fro's coefficients (a, b, c, den) = ((n-1)(n-2), 1, n(n-1), n(n-1)(n-2)(n-3)): HSIC_u of
     Song et al. (2012) with linear kernels, restricted to i != j; for x = y it is U_off."""
+    off_s2, _ = cross_products(xc, yc, form)
+    return cross_u_offdiag(xc, yc, off_s2) if unbiased else off_s2 / (xc.shape[-2] - 1) ** 2
+
+
+def cross_u_offdiag(xc: Tensor, yc: Tensor, off_s2: Tensor) -> Tensor:
+    """The cross U-statistic of ``cross_offdiag_sq_centred`` given sum_{i != j} S_ij^2 (``cross_products``)."""
     n = xc.shape[-2]
-    off_s2 = cross_offdiag_s2(xc, yc, form)
-    if not unbiased:
-        return off_s2 / (n - 1) ** 2
     sqx, sqy = xc.pow(2), yc.pow(2)
     sx, sy = sqx.sum(dim=-2), sqy.sum(dim=-2)                          # (..., d)
     off_tr = sx.sum(dim=-1) * sy.sum(dim=-1) - (sx * sy).sum(dim=-1)

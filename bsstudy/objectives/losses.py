@@ -350,7 +350,7 @@ class BarlowTwins(Objective):
     def __init__(self, *, lambda_param: float = 0.0051, eps: float = 1e-5) -> None:
         super().__init__()
         self.lambda_param = _number(self.name, "lambda_param", lambda_param)
-        self.eps = _number(self.name, "eps", eps)
+        self.eps = _number(self.name, "eps", eps, low_open=True)   # BatchNorm needs eps > 0
 
     def params(self) -> dict[str, Any]:
         return {"lambda_param": self.lambda_param, "eps": self.eps}
