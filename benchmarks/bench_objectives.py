@@ -2,9 +2,11 @@
 
     python benchmarks/bench_objectives.py [--quick] [--device cuda] [--full]
 
-Columns: ours/lightly for VICReg and NT-Xent (target <= 1.0), vicreg_unbiased/vicreg (ours; target <= 1.2 at
-n >= 256), for n in {64, 256, 1024} x d in {128, 2048, 8192}, float32. On CPU, timings that would take more than ~10 s
-per call (lightly's VICReg always forms the d x d covariance) are skipped, shown as nan and listed, unless --full. --quick: n in {64, 256}, d in {128, 2048}, fewer repeats.
+One row per (n, d, comparison), float32, for n in {64, 256, 1024} x d in {128, 2048, 8192}:
+ours/lightly for VICReg, NT-Xent, Barlow Twins and DCL (target <= 1.0); vicreg_unbiased/vicreg and
+barlow_twins_unbiased/barlow_twins (ours; target <= 1.2 at n >= 256). On CPU, timings that would take more than
+~10 s per call (lightly's VICReg and Barlow Twins always form the d x d matrix) are skipped, shown as nan and
+listed, unless --full. --quick: n in {64, 256}, d in {128, 2048}, fewer repeats.
 """
 from __future__ import annotations
 
@@ -63,49 +65,51 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from lightly.loss import NTXentLoss, VICRegLoss
+    from lightly.loss import BarlowTwinsLoss, DCLLoss, NTXentLoss, VICRegLoss
 
     device = torch.device(args.device)
     ns, ds = ([64, 256], [128, 2048]) if args.quick else ([64, 256, 1024], [128, 2048, 8192])
     repeats, min_s = (3, 0.5) if args.quick else (5, 2.0)
     cpu_flop_limit = 1.5e11  # ~10 s per call on 2 cores
 
-    vic, unb = build_objective("vicreg"), build_objective("vicreg_unbiased")
-    sim = build_objective("simclr", temperature=0.5)
-    l_vic, l_sim = VICRegLoss(), NTXentLoss(temperature=0.5, memory_bank_size=0)
-    fns = {
-        "vicreg": lambda a, b: vic(a, b).loss,
-        "lightly_vicreg": l_vic,
-        "vicreg_unbiased": lambda a, b: unb(a, b).loss,
-        "simclr": lambda a, b: sim(a, b).loss,
-        "lightly_ntxent": l_sim,
-    }
+    # defaults except where lightly's differ: NT-Xent at tau = 0.5 on both sides, Barlow Twins at lightly's 5e-3
+    ours = {"vicreg": build_objective("vicreg"), "vicreg_unbiased": build_objective("vicreg_unbiased"),
+            "simclr": build_objective("simclr", temperature=0.5), "dcl": build_objective("dcl"),
+            "barlow_twins": build_objective("barlow_twins", lambda_param=5e-3),
+            "barlow_twins_unbiased": build_objective("barlow_twins_unbiased", lambda_param=5e-3)}
+    fns: dict[str, Callable] = {k: (lambda f: lambda a, b: f(a, b).loss)(f) for k, f in ours.items()}
+    fns.update({"lightly_vicreg": VICRegLoss(), "lightly_ntxent": NTXentLoss(temperature=0.5, memory_bank_size=0),
+                "lightly_barlow": BarlowTwinsLoss(lambda_param=5e-3), "lightly_dcl": DCLLoss(temperature=0.1)})
+    # (label, ours, baseline): dcl's temperature is its default 0.1 on both sides
+    pairs = [("vicreg / lightly", "vicreg", "lightly_vicreg"), ("simclr / lightly", "simclr", "lightly_ntxent"),
+             ("barlow_twins / lightly", "barlow_twins", "lightly_barlow"), ("dcl / lightly", "dcl", "lightly_dcl"),
+             ("vicreg_unbiased / vicreg", "vicreg_unbiased", "vicreg"),
+             ("barlow_twins_unbiased / barlow_twins", "barlow_twins_unbiased", "barlow_twins")]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# bench_objectives: forward+backward, float32, min over >= {repeats} interleaved rounds, device {name}, "
           f"torch {torch.__version__}")
-    print(f"{'n':>5} {'d':>5} | {'vicreg ms':>9} {'lightly ms':>10} {'ours/lightly':>12} | {'unbiased ms':>11} "
-          f"{'unb/vicreg':>10} | {'simclr ms':>9} {'lightly ms':>10} {'ours/lightly':>12}")
+    print(f"{'n':>5} {'d':>5} | {'comparison':<37} {'ours ms':>9} {'base ms':>9} {'ratio':>6}")
     skipped = []
     g = torch.Generator(device=device).manual_seed(0)
     for n in ns:
         for d in ds:
-            # forward+backward flops, both views: lightly's VICReg always forms d x d (~12 n d^2);
-            # ours uses the cheaper of the Gram (n x n) and covariance (d x d) forms
-            # (its boolean off-diagonal mask copies d^2 entries: ~1.2 s per call at d=2048 on one core, ~20 s at 8192)
+            # forward+backward flops, both views: lightly's VICReg and Barlow Twins always form d x d (~12 n d^2);
+            # ours use the cheaper of the Gram (n x n) and covariance (d x d) forms
+            # (lightly's boolean off-diagonal mask copies d^2 entries: ~1.2 s per call at d=2048 on one core)
             slow_lightly = device.type == "cpu" and not args.full and (12 * n * d * d > cpu_flop_limit or d >= 8192)
             if device.type == "cpu" and not args.full and 12 * n * d * min(n, d) > cpu_flop_limit:
                 skipped.append(f"n={n} d={d} (all)")
                 continue
             z1 = torch.randn(n, d, generator=g, device=device)
             z2 = z1 + 0.5 * torch.randn(n, d, generator=g, device=device)
-            run = {k: f for k, f in fns.items() if not (k == "lightly_vicreg" and slow_lightly)}
-            t = {"lightly_vicreg": float("nan"), **time_fb(run, z1, z2, repeats, min_s)}
+            slow = {"lightly_vicreg", "lightly_barlow"} if slow_lightly else set()
+            t = {k: float("nan") for k in slow}
+            t.update(time_fb({k: f for k, f in fns.items() if k not in slow}, z1, z2, repeats, min_s))
             if slow_lightly:
-                skipped.append(f"n={n} d={d} (lightly VICReg)")
-            print(f"{n:>5} {d:>5} | {t['vicreg'] * 1e3:>9.2f} {t['lightly_vicreg'] * 1e3:>10.2f} "
-                  f"{t['vicreg'] / t['lightly_vicreg']:>12.2f} | {t['vicreg_unbiased'] * 1e3:>11.2f} "
-                  f"{t['vicreg_unbiased'] / t['vicreg']:>10.2f} | {t['simclr'] * 1e3:>9.2f} "
-                  f"{t['lightly_ntxent'] * 1e3:>10.2f} {t['simclr'] / t['lightly_ntxent']:>12.2f}", flush=True)
+                skipped.append(f"n={n} d={d} (lightly VICReg, Barlow Twins)")
+            for label, a, b in pairs:
+                print(f"{n:>5} {d:>5} | {label:<37} {t[a] * 1e3:>9.2f} {t[b] * 1e3:>9.2f} {t[a] / t[b]:>6.2f}",
+                      flush=True)
     if skipped:
         print("# skipped on CPU (> ~10 s per call; use --full or --device cuda): " + ", ".join(skipped))
     return 0

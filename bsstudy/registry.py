@@ -60,6 +60,15 @@ METHODS: dict[str, MethodSpec] = {
     "byol": MethodSpec("byol", family="predictor", title="BYOL", needs_predictor=True, needs_target=True),
     "mocov2": MethodSpec("mocov2", family="queue", title="MoCo v2", needs_target=True, needs_queue=True),
     "sogclr": MethodSpec("sogclr", family="contrastive", title="SogCLR", needs_indices=True),
+    "barlow_twins": MethodSpec("barlow_twins", family="covariance", title="Barlow Twins"),
+    # U-statistics of 4-tuples need n >= 4 rows; on_diagonal=plugin is the ablation of the jackknife
+    "barlow_twins_unbiased": MethodSpec(
+        "barlow_twins_unbiased", family="covariance", min_rows=4,
+        choices={"on_diagonal": ("jackknife", "plugin")}, variant_params=("on_diagonal",), title="unbiased Barlow Twins",
+        unbiased_of="barlow_twins"),
+    # weighting=vmf is DCLW (the paper's weighted variant)
+    "dcl": MethodSpec("dcl", family="contrastive", title="DCL", choices={"weighting": ("none", "vmf")},
+                      variant_params=("weighting",)),
 }
 
 

@@ -22,7 +22,11 @@ STEPS = 2             # two calls: the second uses the EMA state the first creat
 
 CONFIGS = [("simclr", {"temperature": 0.2}), ("vicreg", {}), ("vicreg", {"paper_form": True})] + [
     ("vicreg_unbiased", {"variance": s, "cov_target": "identity"}) for s in VARIANCE_SCHEMES] + [
-    ("vicreg_unbiased", {"variance": "jackknife", "cov_target": "offdiag"})]
+    ("vicreg_unbiased", {"variance": "jackknife", "cov_target": "offdiag"}),
+    ("barlow_twins", {}), ("barlow_twins_unbiased", {}), ("barlow_twins_unbiased", {"on_diagonal": "plugin"}),
+    ("dcl", {}), ("dcl", {"weighting": "vmf"})]
+# objectives valid on a global batch of 2: run with 1 row per rank (the row check must come after the gather)
+ONE_ROW = [("simclr", {}), ("vicreg", {}), ("barlow_twins", {}), ("dcl", {})]
 
 
 def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -72,9 +76,12 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         rows = slice(rank * N // WORLD, (rank + 1) * N // WORLD)
         batches = _batches()
         results = {f"{name}:{sorted(p.items())}": _run(name, p, batches, rows) for name, p in CONFIGS}
+        two = [(z1[:WORLD], z2[:WORLD]) for z1, z2 in batches]
+        one_row = {name: _run(name, p, two, slice(rank, rank + 1)) for name, p in ONE_ROW}
         grads = {name: _ddp_param_grads(name, p, rows, wrap=True)
                  for name, p in [("simclr", {}), ("vicreg_unbiased", {"variance": "jackknife_ema_gate"})]}
-        torch.save({"results": results, "param_grads": grads}, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save({"results": results, "param_grads": grads, "one_row": one_row},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -120,3 +127,14 @@ def test_ddp_parameter_gradients_equal_single_process(ranks, name, params):
     for res in ranks:
         for got, want in zip(res["param_grads"][name], single):
             _close(got, want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,params", ONE_ROW)
+def test_two_ranks_with_one_row_each_equal_one_rank_with_two(ranks, name, params):
+    single = _run(name, params, [(z1[:WORLD], z2[:WORLD]) for z1, z2 in _batches()], slice(None))
+    for r, res in enumerate(ranks):
+        got = res["one_row"][name]
+        for step in range(STEPS):
+            _close(got["loss"][step], single["loss"][step])
+            _close(got["g1"][step] / WORLD, single["g1"][step][r:r + 1])

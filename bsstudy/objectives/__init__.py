@@ -1,4 +1,5 @@
-"""Self-supervised objectives of two views' embeddings: simclr, vicreg, vicreg_unbiased.
+"""Self-supervised objectives of two views' embeddings: simclr, dcl, vicreg, vicreg_unbiased, barlow_twins,
+barlow_twins_unbiased.
 
     from bsstudy.objectives import build_objective
     loss_fn = build_objective("vicreg", **cfg.method.loss)
@@ -14,7 +15,8 @@ from typing import Any
 from ..errors import UserError
 from ..registry import method_names
 from . import estimators
-from .losses import COV_TARGETS, VARIANCE_SCHEMES, Objective, ObjectiveOutput, SimCLR, UnbiasedVICReg, VICReg
+from .losses import (COV_TARGETS, DCL, VARIANCE_SCHEMES, BarlowTwins, Objective, ObjectiveOutput, SimCLR,
+                     UnbiasedBarlowTwins, UnbiasedVICReg, VICReg)
 
 # objectives with inputs beyond (z1, z2): predictor outputs, target embeddings, dataset indices (stateful.py)
 from .stateful import StatefulObjective  # noqa: E402  (imported so its subclasses are found)

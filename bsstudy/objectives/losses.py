@@ -1,9 +1,11 @@
-"""The three objectives: SimCLR, VICReg (official-code conventions) and unbiased VICReg (seed 000).
+"""The objectives: SimCLR, DCL, VICReg (official-code conventions), unbiased VICReg (seed 000), Barlow Twins
+(official-code conventions) and unbiased Barlow Twins.
 
 Each is a callable ``loss_fn(z1, z2) -> ObjectiveOutput(loss, terms)`` built by ``build_objective``. The terms
 are the pure functions of ``terms.py``. Common behaviour (in ``Objective.__call__``):
 
-- shapes are checked (same (n, d), n > 1) with messages that print what was found;
+- shapes are checked (same (n, d)) with messages that print what was found, and the global batch (after
+  the DDP gather) must have ``min_rows`` rows (2, or 4 for the U-statistic objectives);
 - half-precision inputs are cast to float32 and autocast is disabled inside, so statistics are float32;
   float32/float64 inputs are used as they are;
 - under torch.distributed with world size > 1 the embeddings are gathered with gradients
@@ -120,14 +122,13 @@ class Objective:
         if z1.dim() != 2 or z1.shape != z2.shape:
             raise ValueError(f"{self.name}: z1 and z2 must have the same shape (n, d), found "
                              f"{tuple(z1.shape)} and {tuple(z2.shape)}")
-        if z1.shape[0] < 2:
-            raise ValueError(f"{self.name}: needs n > 1 rows per view, found n={z1.shape[0]}")
         if not (z1.is_floating_point() and z2.is_floating_point()):
             raise TypeError(f"{self.name}: embeddings must be floating point, found {z1.dtype} and {z2.dtype}")
         with _no_autocast(z1.device):
             z1, z2 = _as_float(z1), _as_float(z2)
             if world_size() > 1:
                 z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
+            # after the gather: 2 ranks x 1 row is a valid global batch of 2
             if z1.shape[0] < self.min_rows:
                 raise ValueError(f"{self.name}: needs at least {self.min_rows} rows per view (global batch), "
                                  f"found n={z1.shape[0]}")
@@ -309,3 +310,83 @@ class UnbiasedVICReg(VICReg):
         var_sum = self._variance_sum(z, m)
         cov = T.unbiased_covariance(z, self.cov_target, m).sum()
         return self._combine(inv, var_sum, cov)
+
+
+# ------------------------------------------------------------------------------------------ DCL
+DCL_WEIGHTINGS = METHODS["dcl"].choices["weighting"]
+
+
+class DCL(Objective):
+    """Decoupled contrastive learning (Yeh et al., ECCV 2022, eq. 6): NT-Xent without the positive in the
+    denominator; 2n-2 negatives per anchor, mean over all 2n anchors. ``weighting=vmf`` is DCLW: the positive
+    term weighted by 2 - n softmax(s_aa'/sigma) over the batch (detached). terms: {"dcl"}."""
+
+    name = "dcl"
+
+    def __init__(self, *, temperature: float = 0.1, weighting: str = "none", sigma: float = 0.5) -> None:
+        super().__init__()
+        self.temperature = _number(self.name, "temperature", temperature, low=0.0, low_open=True)
+        self.weighting = _choice(self.name, "weighting", weighting, DCL_WEIGHTINGS)
+        self.sigma = _number(self.name, "sigma", sigma, low=0.0, low_open=True)
+
+    def params(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "weighting": self.weighting, "sigma": self.sigma}
+
+    def _compute(self, z1: Tensor, z2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        loss = T.dcl(z1, z2, self.temperature, self.sigma if self.weighting == "vmf" else None)
+        return loss, {"dcl": loss}
+
+
+# --------------------------------------------------------------------------------- Barlow Twins
+class BarlowTwins(Objective):
+    """Barlow Twins (Zbontar et al., ICML 2021) with the conventions of facebookresearch/barlowtwins main.py
+    (= lightly 1.6 ``BarlowTwinsLoss``): C = bn(z1)^T bn(z2) / n, bn the affine-free BatchNorm (1/n variance,
+    ``eps`` inside the square root), loss = sum_i (1 - C_ii)^2 + lambda_param * sum_{i!=j} C_ij^2.
+    terms: {"on_diagonal", "off_diagonal"} (unweighted). n from the tensor (the official code divides by the
+    configured batch size, which is the same for full batches)."""
+
+    name = "barlow_twins"
+
+    def __init__(self, *, lambda_param: float = 0.0051, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.lambda_param = _number(self.name, "lambda_param", lambda_param)
+        self.eps = _number(self.name, "eps", eps, low_open=True)   # BatchNorm needs eps > 0
+
+    def params(self) -> dict[str, Any]:
+        return {"lambda_param": self.lambda_param, "eps": self.eps}
+
+    def _compute(self, z1: Tensor, z2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        on, off = T.barlow_twins(z1, z2, self.eps)
+        return on + self.lambda_param * off, {"on_diagonal": on, "off_diagonal": off}
+
+
+BARLOW_ON_DIAGONAL = METHODS["barlow_twins_unbiased"].choices["on_diagonal"]
+
+
+class UnbiasedBarlowTwins(BarlowTwins):
+    """Unbiased Barlow Twins: a minibatch estimator of the Barlow Twins loss with *population* correlations,
+        sum_i (1 - rho_ii)^2 + lambda_param * sum_{i!=j} rho_ij^2,   rho_ij = Corr(z1_i, z2_j),
+    the limit n -> infinity of the plug-in (docs/objectives.md). Columns are standardized with the 1/(n-1)
+    variance + eps.
+    - off_diagonal: the 4-tuple U-statistic of sum_{i!=j} Cov(x_i, y_j)^2 on the standardized columns. Exactly
+      unbiased (value 0 in expectation) for pairs of independent coordinates, whatever n >= 4; for correlated
+      pairs a ratio of estimates, so bias-reduced (relative O(1/n)); the plug-in's noise floor, about
+      d(d-1)/n, is gone. May be negative; never clamped.
+    - on_diagonal: ``jackknife`` (default): delete-one jackknife of (1 - r_ii)^2, bias O(n^-2);
+      ``plugin``: (1 - r_ii)^2 itself (bias O(1/n)), for ablation.
+    Needs n >= 4 rows per view (global batch)."""
+
+    name = "barlow_twins_unbiased"
+    min_rows = METHODS["barlow_twins_unbiased"].min_rows
+
+    def __init__(self, *, lambda_param: float = 0.0051, eps: float = 1e-5, on_diagonal: str = "jackknife") -> None:
+        super().__init__(lambda_param=lambda_param, eps=eps)
+        self.on_diagonal = _choice(self.name, "on_diagonal", on_diagonal, BARLOW_ON_DIAGONAL)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "on_diagonal": self.on_diagonal}
+
+    def _compute(self, z1: Tensor, z2: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        on, off = T.barlow_twins_unbiased(z1, z2, self.eps, self.on_diagonal)
+        return on + self.lambda_param * off, {"on_diagonal": on, "off_diagonal": off}
+

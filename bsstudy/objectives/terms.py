@@ -30,6 +30,104 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(logits, targets)
 
 
+def dcl(z1: Tensor, z2: Tensor, temperature: float, sigma: float | None = None) -> Tensor:
+    """Decoupled contrastive loss (Yeh et al., 2022, eq. 6): NT-Xent with the positive removed from the
+    denominator, i.e. -s(a, a')/tau + log sum over the 2n-2 negatives of exp(s/tau), mean over the 2n anchors.
+    ``sigma``: DCLW, the positive term weighted by w_a = 2 - n softmax_a(s(z1_a, z2_a)/sigma) (detached)."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)          # (2n, d)
+    logits = (z @ z.T) / temperature                            # (2n, 2n)
+    idx = torch.arange(2 * n, device=z.device)
+    pos_idx = (idx + n) % (2 * n)
+    pos = logits[idx, pos_idx]
+    mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    mask[idx, pos_idx] = True                                   # neither the anchor itself nor its positive
+    neg = torch.logsumexp(logits.masked_fill(mask, float("-inf")), dim=1)
+    if sigma is not None:
+        with torch.no_grad():
+            w = 2.0 - n * torch.softmax((z[:n] * z[n:]).sum(dim=1) / sigma, dim=0)
+        pos = pos * w.repeat(2)
+    return (neg - pos).mean()
+
+
+# ------------------------------------------------------------------------------------ Barlow Twins
+def batch_standardize(z: Tensor, eps: float, unbiased: bool = False) -> tuple[Tensor, Tensor]:
+    """((z - mean) / sqrt(Var + eps), Var) per column over the rows (dim -2); Var with 1/n (BatchNorm in
+    training mode, as Barlow Twins' code) or 1/(n-1) (``unbiased``). Shapes (..., n, d) -> same, (..., 1, d)."""
+    # not F.batch_norm: its CPU float32 statistics are off by ~1e-3 (loss and gradient) at n = 65536
+    var, mean = torch.var_mean(z, dim=-2, keepdim=True, correction=1 if unbiased else 0)
+    return (z - mean) * torch.rsqrt(var + eps), var
+
+
+def one_minus_correlation(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor, eps: float, rows: int) -> Tensor:
+    """1 - sum_a x_a y_a / rows per column for standardized x, y with sum_a x_a^2 = rows Vx/(Vx + eps):
+    as 1/2 sum (x - y)^2 / rows + 1/2 [eps/(Vx + eps) + eps/(Vy + eps)], which equals it exactly but keeps
+    float32 precision when the correlation is close to 1 (1 - C_ii computed directly loses it). (..., d)"""
+    return 0.5 * (x - y).pow(2).sum(dim=-2) / rows + 0.5 * (eps / (vx + eps) + eps / (vy + eps)).squeeze(-2)
+
+
+def barlow_twins(z1: Tensor, z2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Barlow Twins (Zbontar et al., 2021; facebookresearch/barlowtwins): C = bn(z1)^T bn(z2) / n with bn the
+    affine-free BatchNorm (1/n variance, eps). Returns (sum_i (1 - C_ii)^2, sum_{i != j} C_ij^2)."""
+    n = z1.shape[-2]
+    x, vx = batch_standardize(z1, eps)
+    y, vy = batch_standardize(z2, eps)
+    on = one_minus_correlation(x, y, vx, vy, eps, n).pow(2).sum(dim=-1)
+    off = estimators.cross_products(x, y)[0] / n ** 2
+    return on, off
+
+
+def barlow_off_diagonal_unbiased(x: Tensor, y: Tensor) -> Tensor:
+    """sum_{i != j} of the U-statistic of Cov(x_i, y_j)^2 on columns standardized to unit 1/(n-1) variance:
+    an estimator of sum_{i != j} rho_ij^2 (population cross-correlations). Exactly unbiased (0) for pairs of
+    independent coordinates; a ratio, so only bias-reduced (O(1/n) relative) for correlated pairs."""
+    return estimators.cross_u_offdiag(x, y, estimators.cross_products(x, y)[0])
+
+
+def jackknife_on_diagonal(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor, eps: float) -> Tensor:
+    """Delete-one jackknife of (1 - r_i)^2 per column, r the sample correlation with variances V + eps:
+    n g - (n-1)/n sum_a g_(-a), bias O(n^-2) instead of O(n^-1); O(n d), leave-one-out moments in closed form.
+
+    x, y: columns standardized with the 1/(n-1) variance (``batch_standardize(z, eps, unbiased=True)``).
+    With xh = x/sqrt(n-1) (sum xh^2 = V/(V + eps)), alpha_a = n/(n-1) xh_a^2 + eps/((n-1)(Vx + eps)), beta_a
+    likewise, gamma_a = n/(n-1) xh_a yh_a and q_a = sqrt((1 - alpha_a)(1 - beta_a)), removing row a gives
+    r_(-a) = (r - gamma_a)/q_a. Evaluated as g + (n-1)/n sum_a (g - g_(-a)) with
+    Delta_a = r - r_(-a) = [gamma_a - r (1 - q_a)]/q_a and 1 - q_a = (alpha + beta - alpha beta)/(1 + q_a):
+    the literal form would cancel terms n times larger than the result. (..., d)"""
+    n = x.shape[-2]
+    k = n / (n - 1)
+    xh, yh = x / math.sqrt(n - 1), y / math.sqrt(n - 1)
+    one_minus_r = one_minus_correlation(xh, yh, vx, vy, eps, 1)
+    r = (1.0 - one_minus_r).unsqueeze(-2)
+    # exact floor of A'/A: the leave-one-out variance is >= 0 (only rounding crosses it)
+    def removed_share(h: Tensor, v: Tensor) -> Tensor:
+        # 1 - A'/A of the variance sum when row a leaves; A'/A >= (n-2) eps / A exactly (rounding only crosses)
+        floor = (n - 2) / (n - 1) * eps / (v + eps) + torch.finfo(h.dtype).tiny
+        return torch.minimum(k * h.pow(2) + eps / ((n - 1) * (v + eps)), 1 - floor)
+
+    alpha, beta = removed_share(xh, vx), removed_share(yh, vy)
+    q = torch.sqrt((1 - alpha) * (1 - beta))
+    delta = (k * xh * yh - r * (alpha + beta - alpha * beta) / (1 + q)) / q
+    g = one_minus_r.pow(2)
+    return g - ((n - 1) / n) * (delta * (2 * one_minus_r.unsqueeze(-2) + delta)).sum(dim=-2)
+
+
+def barlow_twins_unbiased(z1: Tensor, z2: Tensor, eps: float, on_diagonal: str = "jackknife") -> tuple[Tensor, Tensor]:
+    """(on-diagonal, off-diagonal) terms of unbiased Barlow Twins, z1, z2 (..., n, d) -> (...), (...): columns
+    standardized with the 1/(n-1) variance + eps; on-diagonal sum_i of the jackknife (``jackknife``) or the
+    plug-in (``plugin``) of (1 - r_ii)^2; off-diagonal ``barlow_off_diagonal_unbiased``."""
+    n = z1.shape[-2]
+    x, vx = batch_standardize(z1, eps, unbiased=True)
+    y, vy = batch_standardize(z2, eps, unbiased=True)
+    if on_diagonal == "jackknife":
+        on = jackknife_on_diagonal(x, y, vx, vy, eps)
+    elif on_diagonal == "plugin":
+        on = one_minus_correlation(x, y, vx, vy, eps, n - 1).pow(2)
+    else:
+        raise ValueError(f"on_diagonal must be jackknife or plugin, got {on_diagonal!r}")
+    return on.sum(dim=-1), barlow_off_diagonal_unbiased(x, y)
+
+
 # ----------------------------------------------------------------------------------------- VICReg
 def invariance(z1: Tensor, z2: Tensor) -> Tensor:
     """Mean over n*d of (z1 - z2)^2 (VICReg code; the paper's (1/n) sum ||z - z'||^2 is d times this)."""
@@ -69,40 +167,54 @@ def unbiased_covariance(z: Tensor, target: str, m: estimators.Moments | None = N
 def jackknife_std(z: Tensor, eps: float, m: estimators.Moments | None = None) -> Tensor:
     """Jackknife-corrected std per dimension (bias O(n^-2) instead of O(n^-1)); needs n >= 3. (d,)
 
-    sd_J = n sqrt(v + eps) - (n-1)/n sum_a sqrt(v_(-a) + eps), with the leave-one-out variances in O(n d):
-    v_(-a) = [(n-1) v - n/(n-1) (z_a - mean)^2] / (n-2), clamped >= 0 (rounding only; exact values are >= 0).
+    sd_J = n s - (n-1)/n sum_a s_(-a) with s = sqrt(v + eps), s_(-a) = sqrt(v_(-a) + eps) and the leave-one-out
+    variances in O(n d): v_(-a) = [(n-1) v - n/(n-1) (z_a - mean)^2] / (n-2), clamped >= 0 (rounding only).
+    Evaluated as s + (n-1)/n sum_a (v - v_(-a)) / (s + s_(-a)): the literal form cancels two terms n times
+    larger than sd_J (float32 error 6.5e-3 at n = 65536), this one only the O(1/n) correction.
     ``m``: precomputed ``estimators.moments(z)``.
     """
     m = estimators.moments(z) if m is None else m
-    n = z.shape[-2]
-    v = m.s_ii / (n - 1)                                        # (..., d)
-    # v_(-a) + eps = [v (n-1)/(n-2) + eps] - n/((n-1)(n-2)) dev2; clamping at eps == clamping v_(-a) at 0
-    base = (v * ((n - 1) / (n - 2)) + eps).unsqueeze(-2)        # (..., 1, d)
-    loo_sum = _SqrtSumClamped.apply(base, m.sq, n / ((n - 1) * (n - 2)), eps)
-    return n * torch.sqrt(v + eps) - ((n - 1) / n) * loo_sum
+    return _JackknifeStd.apply(m.sq, m.s_ii.detach(), float(eps))
 
 
-class _SqrtSumClamped(torch.autograd.Function):
-    """sum_a sqrt(max(base - coef * sq_a, floor)) over rows a, with a hand-written backward.
+class _JackknifeStd(torch.autograd.Function):
+    """sd_J from x = (z_a - mean)^2 (..., n, d), with a hand-written backward in cancellation-free form.
 
-    The jackknife's only O(n d) part; fused in-place passes make it ~2x cheaper than the autograd graph of
-    add/clamp/sqrt/sum (it dominated vicreg_unbiased's extra cost over vicreg at large n*d)."""
+    Both directions are O(n d) fused passes (the jackknife dominated vicreg_unbiased's extra cost over
+    vicreg at large n d). The gradient w.r.t. x_a, with u_a = [row a not clamped] and
+    w_b = 1/s - u_b/s_(-b) (= -(s - s_(-b)) / (s s_(-b)) when not clamped), is
+        u_a / (2 (n-2) s_(-a)) - 1 / (2 (n-1)(n-2) s) + (n-1) / (2 n (n-2)) sum_b w_b,
+    every term O(1/(n s)); the chain rule through (v, x) separately would cancel O(1/s) terms."""
 
     @staticmethod
-    def forward(ctx, base: Tensor, sq: Tensor, coef: float, floor: float) -> Tensor:  # type: ignore[override]
-        s = torch.add(base, sq, alpha=-coef)                    # (..., n, d)
-        s.clamp_min_(floor).sqrt_()
-        ctx.save_for_backward(s)
-        ctx.coef, ctx.floor = coef, floor
-        return s.sum(dim=-2)
+    def forward(ctx, sq: Tensor, s_ii: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        n = sq.shape[-2]
+        v = (s_ii / (n - 1)).unsqueeze(-2)                       # (..., 1, d)
+        s = torch.sqrt(v + eps)
+        delta = _loo_delta(sq, v, n)                             # v - v_(-a), clamped so that v_(-a) >= 0
+        s_loo = torch.sqrt((v + eps) - delta)                    # (..., n, d)
+        corr = delta.div_(s_loo + s).sum(dim=-2)                 # sum_a (s - s_(-a))
+        ctx.save_for_backward(sq, v, s_loo)
+        ctx.eps = eps
+        return s.squeeze(-2) + ((n - 1) / n) * corr
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (s,) = ctx.saved_tensors
-        g = s.reciprocal().mul_(0.5 * grad.unsqueeze(-2))  # d sqrt(x)/dx = 1/(2 sqrt x), times upstream
-        thr = torch.sqrt(torch.tensor(ctx.floor, dtype=s.dtype, device=s.device))  # same rounding as forward
-        g.masked_fill_(s <= thr, 0.0)                           # clamped entries carry no gradient
-        return g.sum(dim=-2, keepdim=True), g.mul_(-ctx.coef), None, None
+        sq, v, s_loo = ctx.saved_tensors
+        n = sq.shape[-2]
+        s = torch.sqrt(v + ctx.eps)
+        delta = _loo_delta(sq, v, n)
+        kept = delta < v                                          # rows whose v_(-a) was not clamped at 0
+        w = torch.where(kept, -delta / (s * s_loo * (s + s_loo)), 1.0 / s).sum(dim=-2, keepdim=True)
+        g = torch.where(kept, 1.0 / (2 * (n - 2) * s_loo), 0.0)
+        g = g + (-1.0 / (2 * (n - 1) * (n - 2)) / s + ((n - 1) / (2 * n * (n - 2))) * w)
+        return g.mul_(grad.unsqueeze(-2)), None, None
+
+
+def _loo_delta(sq: Tensor, v: Tensor, n: int) -> Tensor:
+    """v - v_(-a) = [n/(n-1) x_a - v] / (n-2), capped at v (v_(-a) >= 0; exceeded by rounding only)."""
+    delta = torch.sub(sq, v, alpha=(n - 1) / n).mul_(n / ((n - 1) * (n - 2)))
+    return torch.minimum(delta, v)
 
 
 def c4(n: int) -> float:
