@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from statsmodels.regression.linear_model import OLS
-from scipy import optimize, special
+from scipy import optimize, special, stats
 
 from ..errors import UserError
 from ..registry import METHODS, split_label
@@ -536,13 +536,11 @@ def power_t(effect: float, se: float, df, alpha: float = ALPHA):
     """Power of the two-sided level-alpha t-test of an estimate with standard error ``se`` on ``df``
     degrees of freedom when the true value is ``effect`` (noncentral t, ncp = effect / se)."""
     df = np.asarray(df, dtype=float)
-    q = special.stdtrit(df, 1 - alpha / 2)
+    q = stats.t.ppf(1 - alpha / 2, df)
     ncp = np.asarray(effect / np.asarray(se, dtype=float))
     with np.errstate(invalid="ignore"):
-        # the noncentral t CDF as a ufunc (stats.nct's distribution objects cost ~10x per call: the power
-        # section bisects over seed counts); the far tail against the effect underflows to NaN at large
-        # ncp, where it is ~0
-        return (1 - special.nctdtr(df, ncp, q)) + np.nan_to_num(special.nctdtr(df, ncp, -q), nan=0.0)
+        # the far tail against the effect underflows to NaN at large ncp; it is ~0 there
+        return stats.nct.sf(q, df, ncp) + np.nan_to_num(stats.nct.cdf(-q, df, ncp), nan=0.0)
 
 
 def min_detectable(se: float, df: float, power: float = POWER, alpha: float = ALPHA) -> float:
