@@ -368,3 +368,26 @@ def test_power_cli(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "at least 2 seeds" in err and "one" in err
     assert main(["power", str(tmp_path / "pilot"), "--effect", "-1"]) == 2
     assert "--effect" in capsys.readouterr().err
+
+
+def test_seeds_needed_is_the_first_seed_count_with_80_percent_power():
+    """seeds_needed against a direct scan with scipy.stats.nct (a faster noncentral-t CDF, special.nctdtr,
+    returned wrong tails here and made the seeds needed non-monotone in the effect)."""
+    from scipy import stats as st
+
+    def power(effect, se, df, alpha):
+        q = st.t.ppf(1 - alpha / 2, df)
+        return st.nct.sf(q, df, effect / se) + np.nan_to_num(st.nct.cdf(-q, df, effect / se))  # far tail ~0
+
+    for sigma in (0.3, 0.655, 1.5):
+        d = S.Design((32, 64, 128, 256), sigma)
+        for q in S.QUANTITIES:
+            need = [S.seeds_needed(e, d, q) for e in (2.0, 1.0, 0.5)]
+            assert need == sorted(need)
+            a = S._alpha_for(q, d, S.ALPHA)
+            for e, n in zip((2.0, 1.0, 0.5), need):
+                se, df = getattr(d, q)(int(n))
+                assert power(e, float(se), float(df), a) >= S.POWER
+                if n > 2:
+                    se, df = getattr(d, q)(int(n) - 1)
+                    assert power(e, float(se), float(df), a) < S.POWER

@@ -73,6 +73,19 @@ class Analysis:
     power: pd.DataFrame                # stats.power_table; empty with ``power_note`` saying why
     power_note: str = ""
     mde: dict = field(default_factory=dict)   # metric -> minimum detectable slope (points per doubling)
+    display: dict = field(default_factory=dict, repr=False)   # display_tables' cache
+
+
+def display_tables(a: Analysis) -> dict[str, pd.DataFrame]:
+    """The report's formatted tables (name -> table), built once per analysis (sections and the
+    tables/*.md copies show the same ones)."""
+    if not a.display:
+        a.display.update({"sensitivity": sensitivity_table(a.sensitivity),
+                          "contrasts_vs_reference": reference_table(a.contrasts),
+                          "contrasts_vs_untrained": untrained_table(a.contrasts),
+                          "method_contrasts": pair_table(a.method_contrasts),
+                          "relative_drop_ci": drop_table(a.drop), "power": power_display(a.power)})
+    return a.display
 
 
 def compute(runs: pd.DataFrame, settings: Settings = Settings(), where: str = "sweep.yaml") -> Analysis:
@@ -249,14 +262,15 @@ def power_display(power: pd.DataFrame) -> pd.DataFrame:
 def sections(a: Analysis) -> list:
     """The report's statistics sections (document blocks), in order."""
     pct = f"{100 * (1 - S.ALPHA):.0f}%"
+    t = display_tables(a)
     doc: list = [H(2, "Batch-size sensitivity"),
                  P("The slope of top-1 (points) per doubling of the batch size, estimated within seed: OLS "
                    "`top1 ~ C(seed) + log2 B` (runs with the same seed share the initial network, the data order "
                    f"and the augmentation stream, so a seed is a block), {pct} CI from Student t on the within-seed "
                    "residual. `seedwise`: one slope per seed and a t-interval over seeds (valid when seeds differ "
                    "in slope; quote it when 'seeds differ in slope' is small). `sensitivity.csv` has every column.")]
-    doc.append(Table(sensitivity_table(a.sensitivity)) if len(a.sensitivity) else P("No finished runs."))
-    ref = reference_table(a.contrasts)
+    doc.append(Table(t["sensitivity"]) if len(a.sensitivity) else P("No finished runs."))
+    ref = t["contrasts_vs_reference"]
     doc += [H(2, "Δ points vs B_ref"),
             P("Each batch size minus the reference batch size "
               + (f"B_ref = {a.settings.reference_batch_size} (sweep file `report.reference_batch_size`)"
@@ -265,7 +279,7 @@ def sections(a: Analysis) -> list:
               + f", in top-1 points, paired within seed (`top1 ~ C(seed) + C(B)`); {pct} CIs are "
               "Bonferroni-simultaneous over the batch sizes of a row. `contrasts.csv` has p and p_adj."),
             Table(ref) if len(ref) else P("No method has two batch sizes with finished runs.")]
-    un = untrained_table(a.contrasts)
+    un = t["contrasts_vs_untrained"]
     if len(un):
         doc += [H(2, "Against the untrained network"),
                 P("Each batch size minus the untrained network of the *same seed* (`eval.at_init`: the probe of "
@@ -273,7 +287,7 @@ def sections(a: Analysis) -> list:
                   f"{pct} CIs Bonferroni-simultaneous over a row, 'mean over B' a single pre-specified contrast.  "
                   "Paired, this resolves what two unpaired intervals over few seeds cannot."),
                 Table(un)]
-    pairs = pair_table(a.method_contrasts)
+    pairs = t["method_contrasts"]
     doc += [H(2, "Method comparison"),
             P("Does one method's batch-size sensitivity differ from another's (the seed papers' question)? Per "
               "pair a − b (sweep file `report.compare`; default: each unbiased estimator against its plug-in "
@@ -288,14 +302,14 @@ def sections(a: Analysis) -> list:
                   "upward: the best of noisy cell means is positive even when nothing depends on B, and its "
                   "bootstrap inherits that. Next to it the pre-specified drop, from B_ref to the batch size "
                   "farthest from it, fixed before looking, which is not. `relative_drop_ci.csv`."),
-                Table(drop_table(a.drop))]
+                Table(t["relative_drop_ci"])]
     doc.append(H(2, "Power"))
     if len(a.power):
         doc += [P(f"From this study's within-seed residual SD: the smallest effect detected with "
                   f"{100 * S.POWER:.0f}% power (two-sided {100 * S.ALPHA:.0f}%) at its seed count and grid, and "
                   "the seeds a full grid needs for effects of the sizes shown (`bsstudy power` prints the same; "
                   "`power.csv`)."),
-                Table(power_display(a.power))]
+                Table(t["power"])]
     else:
         doc.append(P(f"Not computed: {a.power_note}."))
     return doc
@@ -303,10 +317,7 @@ def sections(a: Analysis) -> list:
 
 def markdown_tables(a: Analysis) -> dict[str, str]:
     """Markdown copies of the display tables (tables/<name>.md)."""
-    out = {"sensitivity": sensitivity_table(a.sensitivity), "contrasts_vs_reference": reference_table(a.contrasts),
-           "contrasts_vs_untrained": untrained_table(a.contrasts), "method_contrasts": pair_table(a.method_contrasts),
-           "relative_drop_ci": drop_table(a.drop), "power": power_display(a.power)}
-    return {k: to_markdown(v) for k, v in out.items() if len(v)}
+    return {k: to_markdown(v) for k, v in display_tables(a).items() if len(v)}
 
 
 def slope_mde_text(a: Analysis, metric: str) -> str:
