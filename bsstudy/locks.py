@@ -60,19 +60,22 @@ def acquire(path: Path | str, retry_s: float = 0.0) -> int:
                 os.close(fd)
                 raise LockHeld(f"{path}: held by another process{_holder(path)}") from None
             time.sleep(0.05)
-    job = os.environ.get("SLURM_JOB_ID")
-    who = f"pid {os.getpid()} on {socket.gethostname()}" + (f", SLURM job {job}" if job else "")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{who}\n".encode(), 0)
+    set_holder(fd)
     return fd
 
 
+def set_holder(fd: int, pid: int | None = None) -> None:
+    """Write who holds the lock (this process, or ``pid`` it hands the lock to) for the other side's message."""
+    job = os.environ.get("SLURM_JOB_ID")
+    who = f"pid {pid or os.getpid()} on {socket.gethostname()}" + (f", SLURM job {job}" if job else "")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{who}\n".encode(), 0)
+
+
 def release(fd: int) -> None:
-    """Drop a lock taken with :func:`acquire` (closing the fd releases it)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    """Close a lock fd from :func:`acquire`. Not LOCK_UN: that would also unlock a child that inherited
+    the fd (the detached dispatcher); the kernel drops the lock when the last copy of the fd closes."""
+    os.close(fd)
 
 
 def is_locked(path: Path | str) -> bool:
@@ -98,6 +101,7 @@ def study_submit_lock(study_dir: Path | str, inherited_fd: int | None = None) ->
     path = Path(study_dir) / SUBMIT_LOCK
     if inherited_fd is not None:
         fd = inherited_fd
+        set_holder(fd)
     else:
         try:
             fd = acquire(path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -284,3 +285,25 @@ def test_two_concurrent_local_submits_train_each_cell_once(tmp_path, capsys):
     assert epochs_of(run) == [1, 2, 3]
     assert len(read_jsonl(study / "jobs.jsonl")) == 1
     assert [c["state"] for c in status_json(study, capsys)["cells"]] == ["done"]
+
+
+@pytest.mark.slow
+def test_no_wait_dispatcher_keeps_the_study_lock(tmp_path, capsys):
+    """The detached dispatcher inherits the submit's lock: no second submit slips in while it runs."""
+    study = slow_study(tmp_path, "nowait", epochs=2)
+    capsys.readouterr()
+    assert main(["submit", str(study), "--cluster", "local", "--no-wait"]) == 0
+    pid = int(re.search(r"dispatcher started \(pid (\d+)", capsys.readouterr().out).group(1))
+    try:
+        assert main(["submit", str(study), "--cluster", "local"]) == 2
+        err = capsys.readouterr().err
+        assert "another bsstudy submit holds" in err and f"pid {pid} " in err, err
+        wait_for(lambda: status_json(study, capsys)["counts"]["done"] == 1, 180, "the dispatched cell")
+        wait_for(lambda: not Path(f"/proc/{pid}").exists() or
+                 Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z", 60, "dispatcher exit")
+    finally:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGTERM)
+    assert not locks.is_locked(study / locks.SUBMIT_LOCK)
+    assert main(["submit", str(study), "--cluster", "local"]) == 0
+    assert "nothing to submit (1 done skipped)" in capsys.readouterr().out

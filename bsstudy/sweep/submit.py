@@ -393,6 +393,8 @@ def _detach_local(study_dir: Path, parallel: int | None, lock_fd: int | None, ou
     with open(folder / "dispatch.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                 env=env, pass_fds=fds)
+    if lock_fd is not None:
+        locks.set_holder(lock_fd, proc.pid)
     print(f"submit: local dispatcher started (pid {proc.pid}, log {folder / 'dispatch.log'}); "
           f"follow with `bsstudy status {study_dir}`", file=out)
     return 0
