@@ -96,7 +96,14 @@ def test_fast_path_equals_one_compose_per_cell(tmp_path):
 
 
 @pytest.mark.slow
-def test_shipped_sweeps_plan(tmp_path, capsys):
+def test_shipped_sweeps_plan(tmp_path, capsys, monkeypatch):
+    from bsstudy.sweep.preflight import FOLDERS
+
+    folder, files = FOLDERS["cifar10"]  # stand-in CIFAR-10 files: plan checks that they are present
+    (tmp_path / "data" / folder).mkdir(parents=True)
+    for f in files:
+        (tmp_path / "data" / folder / f).write_bytes(b"x")
+    monkeypatch.setenv("BSSTUDY_DATA_CACHE", str(tmp_path / "data"))
     assert main(["plan", str(ROOT / "sweeps" / "batchsize.yaml"), "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "144 cells" in out and "estimated GPU-hours" in out
