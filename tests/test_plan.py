@@ -87,7 +87,8 @@ def test_fast_path_equals_one_compose_per_cell(tmp_path):
         overrides = expand(sw)
         assert len(cells) == len(overrides)
         for i in sorted({0, len(cells) // 2, len(cells) - 1, 5}):
-            ref = bc.cell_config([f"{k}={v}" for k, v in overrides[i].items()] + [f"study={sw.study}"])
+            ref = bc.cell_config([f"{k}={'null' if v is None else v}" for k, v in overrides[i].items()]
+                                 + [f"study={sw.study}"])
             assert bc.run_id(ref) == cells[i].run_id
             got = {k: v for k, v in cells[i].config.items() if k != "out"}
             want = {k: v for k, v in OmegaConf.to_container(ref).items() if k != "out"}
