@@ -87,7 +87,8 @@ def test_fast_path_equals_one_compose_per_cell(tmp_path):
         overrides = expand(sw)
         assert len(cells) == len(overrides)
         for i in sorted({0, len(cells) // 2, len(cells) - 1, 5}):
-            ref = bc.cell_config([f"{k}={v}" for k, v in overrides[i].items()] + [f"study={sw.study}"])
+            ref = bc.cell_config([f"{k}={'null' if v is None else v}" for k, v in overrides[i].items()]
+                                 + [f"study={sw.study}"])
             assert bc.run_id(ref) == cells[i].run_id
             got = {k: v for k, v in cells[i].config.items() if k != "out"}
             want = {k: v for k, v in OmegaConf.to_container(ref).items() if k != "out"}
@@ -96,7 +97,14 @@ def test_fast_path_equals_one_compose_per_cell(tmp_path):
 
 
 @pytest.mark.slow
-def test_shipped_sweeps_plan(tmp_path, capsys):
+def test_shipped_sweeps_plan(tmp_path, capsys, monkeypatch):
+    from bsstudy.sweep.preflight import FOLDERS
+
+    folder, files = FOLDERS["cifar10"]  # stand-in CIFAR-10 files: plan checks that they are present
+    (tmp_path / "data" / folder).mkdir(parents=True)
+    for f in files:
+        (tmp_path / "data" / folder / f).write_bytes(b"x")
+    monkeypatch.setenv("BSSTUDY_DATA_CACHE", str(tmp_path / "data"))
     assert main(["plan", str(ROOT / "sweeps" / "batchsize.yaml"), "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "144 cells" in out and "estimated GPU-hours" in out
