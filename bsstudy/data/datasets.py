@@ -36,13 +36,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from bsstudy.data.sizes import DEBIAN_FASHION_MNIST, STL10_FILES, STL10_FOLDER, cache_dir
+from bsstudy.data.sizes import FMNIST_FILES as _FMNIST_FILES
 from bsstudy.errors import UserError
 from bsstudy.io import atomic_torch_save
 
 SPLITS = ("pretrain", "train", "test")
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-_FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")  # torchvision.datasets.FashionMNIST.classes
 _SUBSET_SEED = 0  # train_subset is a property of the dataset config, not of the run seed
@@ -64,13 +63,6 @@ def _cfg(cfg: Any, key: str) -> Any:
     if isinstance(cfg, Mapping):
         return cfg.get(key)
     return getattr(cfg, key, None)
-
-
-def cache_dir() -> Path:
-    """Where downloads (when dataset.root is unset) and decoded tensors are cached (``$BSSTUDY_DATA_CACHE`` or
-    ~/.cache/bsstudy)."""
-    env = os.environ.get("BSSTUDY_DATA_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "bsstudy"
 
 
 # ---------------------------------------------------------------- tensor cache
@@ -393,8 +385,8 @@ def _read_stl_labels(path: Path, n_images: int) -> torch.Tensor:
 def _load_stl10(cfg: Any, part: str) -> ImageTensors:
     root = _cfg(cfg, "root")
     base = Path(root).expanduser() if root else cache_dir()
-    d = base / "stl10_binary"
-    need = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin", "class_names.txt"]
+    d = base / STL10_FOLDER
+    need = list(STL10_FILES)
     if not all((d / f).is_file() for f in need):
         if _cfg(cfg, "download"):
             import torchvision

@@ -4,8 +4,9 @@
 (before submitting) call ``preflight_data(cfgs)``: a missing or unreadable dataset is one ``UserError``
 naming the dataset, the path looked in and how to fix it, instead of a failed run per cell.
 
-The file lists mirror the loaders of ``bsstudy/data/datasets.py`` (which import torch, too slow for the
-planner); tests/test_cli_inputs.py checks that they agree.
+The Fashion-MNIST / STL-10 file lists and the default root come from ``bsstudy.data.sizes``, which the
+loaders of ``bsstudy/data/datasets.py`` use too; the CIFAR lists restate the loaders' ``_CIFAR`` table
+(tests/test_cli_inputs.py checks that they agree).
 """
 from __future__ import annotations
 
@@ -13,24 +14,15 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ..data.sizes import DEBIAN_FASHION_MNIST, FMNIST_FILES, STL10_FILES, STL10_FOLDER, cache_dir
 from ..errors import UserError
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                "t10k-labels-idx1-ubyte")
 # dataset -> (folder under dataset.root, files in it)
 FOLDERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cifar10": ("cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")),
     "cifar100": ("cifar-100-python", ("train", "test", "meta")),
-    "stl10": ("stl10_binary", ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin",
-                               "class_names.txt")),
+    "stl10": (STL10_FOLDER, STL10_FILES),
 }
-
-
-def cache_dir() -> Path:
-    """The loaders' default root (``bsstudy.data.datasets.cache_dir``): $BSSTUDY_DATA_CACHE or ~/.cache/bsstudy."""
-    env = os.environ.get("BSSTUDY_DATA_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "bsstudy"
 
 
 def _unreadable(files: Iterable[Path]) -> list[str]:
