@@ -256,13 +256,7 @@ def _submit_locked(study_dir: Path, sweep: Sweep, cluster: str, retry_failed: bo
         return 0
     submitted: list[str] = []
     array_ids: dict[int, str] = {}
-    for i in _submission_order(arrays):
-        members = members_of[i]
-        width, after = arrays[i]
-        r = members[0][1]
-        params = dict(slurm_parameters(r, study), array_parallelism=width)
-        if after is not None:
-            params["dependency"] = f"afterany:{array_ids[after]}"
+    for i, members, width, after, r, params in _arrays(members_of, arrays, study, lambda a: array_ids[a]):
         try:
             ex = submitit.SlurmExecutor(folder=folder, python=slurm_python(r))
             ex.update_parameters(**params)
@@ -283,6 +277,21 @@ def _submit_locked(study_dir: Path, sweep: Sweep, cluster: str, retry_failed: bo
     return 0
 
 
+def _arrays(members_of: list, arrays: list[tuple[int, int | None]], study: str, dependency_of):
+    """Each array in submission order as (index, members, width, after, resources, sbatch parameters): the
+    one place a real submit and the ``--dry-run`` preview get their parameters from. ``dependency_of(after)``
+    names the array it waits for (its job id once submitted; a placeholder in the preview); it is called
+    when the array's turn comes, so earlier arrays of a real submit have their ids by then."""
+    for i in _submission_order(arrays):
+        members = members_of[i]
+        width, after = arrays[i]
+        r = members[0][1]
+        params = dict(slurm_parameters(r, study), array_parallelism=width)
+        if after is not None:
+            params["dependency"] = f"afterany:{dependency_of(after)}"
+        yield i, members, width, after, r, params
+
+
 def _submission_order(arrays: list[tuple[int, int | None]]) -> list[int]:
     """Array indices with every array after the one it depends on."""
     order: list[int] = []
@@ -301,16 +310,10 @@ def _preview_slurm(paths: StudyPaths, study: str, members_of: list, arrays: list
 
     est = {row["run_id"]: row.get("gpu_hours") for row in read_plan(paths.dir)}
     folder = paths.submitit.expanduser().absolute()
-    order = _submission_order(arrays)
-    label = {i: n + 1 for n, i in enumerate(order)}
+    label = {i: n + 1 for n, i in enumerate(_submission_order(arrays))}
     total_est, total_max, any_est = 0.0, 0.0, False
-    for i in order:
-        members = members_of[i]
-        width, after = arrays[i]
-        r = members[0][1]
-        params = dict(slurm_parameters(r, study), array_parallelism=width)
-        if after is not None:
-            params["dependency"] = f"afterany:<job id of array {label[after]}>"
+    for i, members, width, after, r, params in _arrays(members_of, arrays, study,
+                                                        lambda a: f"<job id of array {label[a]}>"):
         cmd = " ".join([slurm_python(r), "-u -m submitit.core._submit", shlex.quote(str(folder))])
         script = _make_sbatch_string(command=cmd, folder=folder, map_count=len(members) if len(members) > 1
                                      else None, **params)
