@@ -4,7 +4,7 @@ Commands come from fenced code blocks (one per line, ``# comment`` dropped) and 
 that start with ``bsstudy <verb> <argument>``. Synopsis brackets (``[--dry-run]``, ``[key=value ...]``)
 are dropped and ``<study>`` / ``<run_id>`` name a tiny planned study. Each command then runs in-process
 in a fresh directory with what it needs (a planned study for status/submit, a fabricated finished one for
-report); long runs are shrunk: ``train``/``bias`` get tiny sizes (given keys are replaced), ``submit``
+report and power); long runs are shrunk: ``train``/``bias`` get tiny sizes (given keys are replaced), ``submit``
 gets ``--dry-run``. A code-block command this file cannot parse fails the test, so docs stay testable;
 inline spans that are prose fragments (``...``, CAPITALISED placeholders) are not commands.
 """
@@ -145,12 +145,13 @@ def test_documented_command_runs(where, cmd, tmp_path, monkeypatch, data_cache, 
         _plan_study(study)
     if verb == "submit":
         argv += ["--dry-run"] + ([] if "--cluster" in argv else ["--cluster", "local"])
-    elif verb == "report":
+    elif verb in ("report", "power"):  # both read a finished study: a fabricated one
         from bsstudy.report.synthetic import write_study
 
         shutil.rmtree(Path("results", study), ignore_errors=True)
         write_study(Path("results", study), methods=("simclr", "vicreg"), batch_sizes=(64, 256), seeds=(0, 1))
-        argv += [] if "--format" in argv else ["--format", "md"]  # html/tex add only rendering time
+        if verb == "report":
+            argv += [] if "--format" in argv else ["--format", "md"]  # html/tex add only rendering time
     elif verb == "train" and "--help" not in argv and "--run-dir" not in argv:
         # evaluation is the slow part: kept only where the command is about it (eval.at_init=true)
         evals = {} if any(a.startswith("eval.") for a in argv) else {"eval.linear": "false", "eval.knn": "false"}
