@@ -261,7 +261,9 @@ def planned_tiny(tmp: Path, name: str) -> Path:
 def test_two_concurrent_local_submits_train_each_cell_once(tmp_path, capsys):
     """Two `submit` of one study at the same moment: one runs, the other stops with one line; a
     `bsstudy train --run-dir` of the running cell is refused (the run lock) and status says running."""
-    study = slow_study(tmp_path, "twice", epochs=3)
+    # 6 epochs (~12 s of training) so the third process, which pays a full interpreter + torch start-up,
+    # still finds the winner training on an idle machine
+    study = slow_study(tmp_path, "twice", epochs=6)
     run = next((study / "runs").iterdir())
     a, b = spawn("submit", str(study), "--cluster", "local"), spawn("submit", str(study), "--cluster", "local")
     try:
@@ -282,7 +284,7 @@ def test_two_concurrent_local_submits_train_each_cell_once(tmp_path, capsys):
         for p in (a, b):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    assert epochs_of(run) == [1, 2, 3]
+    assert epochs_of(run) == [1, 2, 3, 4, 5, 6]
     assert len(read_jsonl(study / "jobs.jsonl")) == 1
     assert [c["state"] for c in status_json(study, capsys)["cells"]] == ["done"]
 
