@@ -261,8 +261,8 @@ def test_bad_settings_are_user_errors(kw: dict, msg: str) -> None:
 def test_cli_rejects_bad_input(capsys: pytest.CaptureFixture) -> None:
     from bsstudy.cli import main
 
-    assert main(["bias", "--objectives", "vicreg,byol"]) == 2
-    assert "unknown name 'byol'" in capsys.readouterr().err
+    assert main(["bias", "--objectives", "vicreg,swav"]) == 2
+    assert "unknown name 'swav'" in capsys.readouterr().err
     assert main(["bias", "--batch-sizes", "8,x"]) == 2
     assert "comma-separated integers" in capsys.readouterr().err
     assert main(["bias", "--schemes", "median"]) == 2
