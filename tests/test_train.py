@@ -118,7 +118,7 @@ def test_cli_help_lists_groups_and_keys(capsys):
     with pytest.raises(SystemExit):
         cli_main(["train", "--help"])
     out = capsys.readouterr().out
-    assert "method={simclr,vicreg,vicreg_unbiased}" in out and "optim={adamw,lars,sgd}" in out
+    assert "method={barlow_twins,barlow_twins_unbiased,byol,dcl,mocov2,simclr,simsiam,sogclr,vicreg,vicreg_unbiased}" in out and "optim={adamw,lars,sgd}" in out
     assert "batch_size" in out and "debug.*" in out
 
 
