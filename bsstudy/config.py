@@ -169,11 +169,27 @@ def validate(cfg: DictConfig, source: str = "config", values: bool = True) -> No
         )
     if world > 1 and b // world < MIN_BATCH[name]:
         raise UserError(f"{source}: batch_size: {b} gives {b // world} rows per rank; {name} needs >= {MIN_BATCH[name]}")
+    _check_few_shot(cfg, source)
     n = cfg.dataset.train_subset
     n = pretrain_size(cfg.dataset.name) if n is None else n
     if isinstance(n, int) and b > n:
         raise UserError(f"{source}: batch_size: {b} is larger than the dataset "
                         f"({cfg.dataset.name}: {n} training images)")
+
+
+def _check_few_shot(cfg: DictConfig, source: str) -> None:
+    """eval.few_shot: distinct positive integers that fit the probe's train pool (k x classes images)."""
+    ks, draws = cfg.eval.few_shot, cfg.eval.few_shot_draws
+    if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
+        raise UserError(f"{source}: eval.few_shot_draws: {draws!r} must be an integer >= 1")
+    ks = list(ks) if ks is not None else []
+    if any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks) or len(set(ks)) != len(ks):
+        raise UserError(f"{source}: eval.few_shot: {ks!r} must be a list of distinct integers >= 1 "
+                        f"(labelled images per class)")
+    cap, nc = cfg.eval.max_train_samples, cfg.dataset.num_classes
+    if ks and isinstance(cap, int) and isinstance(nc, int) and max(ks) * nc > cap:
+        raise UserError(f"{source}: eval.few_shot: {max(ks)} per class x {nc} classes needs more than "
+                        f"eval.max_train_samples={cap} images")
 
 
 def resolve(cfg: DictConfig) -> DictConfig:

@@ -225,8 +225,10 @@ RESULT_FIELDS: dict[str, str] = {
     "git_commit": "str|None", "versions": "dict", "config_hash": "str|None", "finished_at": "str|None",
 }
 # Optional fields: probe (chosen weight decay, validation scores), error (failed runs: first line of the
-# exception, then the traceback tail), init_linear_top1 / init_knn_top1 (eval.at_init).
-RESULT_OPTIONAL: tuple[str, ...] = ("probe", "error", "init_linear_top1", "init_knn_top1")
+# exception, then the traceback tail), init_linear_top1 / init_knn_top1 (eval.at_init), few_shot /
+# init_few_shot (eval.few_shot: {"<k>": {"top1", "sd", "draws"}}, the trained and the untrained network).
+RESULT_OPTIONAL: tuple[str, ...] = ("probe", "error", "init_linear_top1", "init_knn_top1", "few_shot",
+                                    "init_few_shot")
 # Where an error line may be found, first present wins (older or hand-written result files use the others).
 ERROR_KEYS: tuple[str, ...] = ("error", "error_message", "message", "exception", "traceback")
 

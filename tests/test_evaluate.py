@@ -149,3 +149,41 @@ def test_eval_subset_is_seeded_sorted_and_none_when_all_are_used():
     assert idx.tolist() == sorted(idx.tolist()) and len(set(idx.tolist())) == 10 and idx.max() < 100
     assert torch.equal(idx, eval_subset(100, 10, seed=1)) and not torch.equal(idx, eval_subset(100, 10, seed=2))
     assert eval_subset(100, None, seed=1) is None and eval_subset(100, 100, seed=1) is None
+
+
+def test_few_label_draw_is_k_per_class_seeded_and_refuses_a_small_pool():
+    from bsstudy.errors import UserError
+    from bsstudy.evaluate.probe import few_label_draw
+    y = torch.arange(4).repeat_interleave(30)[torch.randperm(120, generator=torch.Generator().manual_seed(1))]
+    idx = few_label_draw(y, 5, seed=3)
+    assert torch.equal(torch.bincount(y[idx], minlength=4), torch.full((4,), 5))
+    assert torch.equal(idx, few_label_draw(y, 5, seed=3)) and torch.equal(idx, idx.sort().values)
+    assert not torch.equal(idx, few_label_draw(y, 5, seed=4))
+    with pytest.raises(UserError, match="eval.few_shot: 31 labelled images per class"):
+        few_label_draw(y, 31, seed=0)
+
+
+def test_few_label_probe_learns_from_k_labels_and_averages_its_draws():
+    from bsstudy.evaluate.probe import few_label_probe
+    x, y = _blobs(200, 16, 5, 1.2, 0)
+    tx, ty = _blobs(200, 16, 5, 1.2, 0)
+    res = {k: few_label_probe(x, y, tx, ty, k=k, draws=4, seed=0, weight_decays=[1e-3, 1e-1]) for k in (2, 50)}
+    for k, r in res.items():
+        assert len(r["draws"]) == 4 and r["top1"] == pytest.approx(sum(r["draws"]) / 4)
+        assert r["sd"] > 0                                   # different label draws, different probes
+    full = linear_probe(x, y, tx, ty, weight_decays=[1e-3, 1e-1])["top1"]
+    assert 0.2 < res[2]["top1"] < res[50]["top1"] <= full + 0.02   # more labels help; chance is 0.2
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["eval.few_shot=[0]"], "eval.few_shot: \\[0\\] must be a list of distinct integers"),
+    (["eval.few_shot=[10,10]"], "distinct"),
+    (["eval.few_shot_draws=0"], "eval.few_shot_draws: 0"),
+    (["eval.few_shot=[100]", "eval.max_train_samples=500"], "needs more than eval.max_train_samples=500"),
+])
+def test_few_shot_keys_are_validated_naming_the_key(overrides, match):
+    from bsstudy.config import cell_config
+    from bsstudy.errors import UserError
+    with pytest.raises(UserError, match=match):
+        cell_config(overrides)
+    cell_config(["eval.few_shot=[10,100]", "eval.max_train_samples=1000"])   # fits: no error

@@ -391,3 +391,32 @@ def test_seeds_needed_is_the_first_seed_count_with_80_percent_power():
                 if n > 2:
                     se, df = getattr(d, q)(int(n) - 1)
                     assert power(e, float(se), float(df), a) < S.POWER
+
+
+def test_few_shot_metrics_enter_every_table_with_their_label(tmp_path):
+    """few_shot.<k>.top1 columns (eval.few_shot) are analysed like linear/kNN, paired with init_few_shot."""
+    from bsstudy.report import analysis as A
+    from bsstudy.report.tables import accuracy_columns, init_baseline, summarize_cells
+    rng = np.random.default_rng(5)
+    runs = planted(rng, 4, TRUE)
+    runs["few_shot.10.top1"] = runs["linear_top1"] - 0.1 + rng.normal(0, 0.003, len(runs))
+    runs["init_few_shot.10.top1"] = runs["init_linear_top1"] - 0.12
+    runs["backbone"] = "small_cnn"
+    assert accuracy_columns(runs) == {"linear_top1": "linear", "knn_top1": "kNN", "few_shot.10.top1": "10-shot linear"}
+    a = A.compute(runs)
+    sens = a.sensitivity.set_index(["method", "metric"])
+    assert sens.loc[("vicreg", "few_shot.10.top1"), "slope_pts_per_doubling"] == pytest.approx(-1.0, abs=0.3)
+    c = a.contrasts
+    vs_init = c[(c["metric"] == "few_shot.10.top1") & (c["contrast"] == "vs_untrained") & (c["batch_size"] == -1)]
+    assert len(vs_init) and (vs_init["estimate_pts"] > 10).all()      # +12 points planted (untrained: -12)
+    assert "10-shot linear" in set(A.display_tables(a)["sensitivity"]["metric"])
+    assert "few_shot.10.top1_mean" in summarize_cells(runs).columns
+    assert "10-shot linear" in set(init_baseline(runs)["metric"])
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("report: {metric: few_shot.10.top1}\n")
+    assert A.read_settings(sweep).metric == "few_shot.10.top1"
+    sweep.write_text("report: {metric: few_shot.top1}\n")
+    with pytest.raises(UserError, match="report.metric"):
+        A.read_settings(sweep)
+    with pytest.raises(UserError, match="report.metric: no run has"):
+        A.compute(runs.drop(columns=["few_shot.10.top1"]), A.Settings(metric="few_shot.10.top1"))

@@ -10,10 +10,10 @@ from omegaconf import DictConfig
 from .collapse import collapse_diagnostics
 from .features import extract_features
 from .knn import knn_top1
-from .probe import linear_probe
+from .probe import few_label_probe, linear_probe
 
 # What init_eval.json keeps of an evaluation of the untrained network.
-INIT_FIELDS: tuple[str, ...] = ("linear_top1", "knn_top1", "probe", "collapse_backbone")
+INIT_FIELDS: tuple[str, ...] = ("linear_top1", "knn_top1", "probe", "collapse_backbone", "few_shot")
 
 
 def eval_subset(n: int, cap: int | None, seed: int) -> torch.Tensor | None:
@@ -31,7 +31,8 @@ def evaluate_model(model: torch.nn.Module, cfg: DictConfig, device: torch.device
     (reported once). ``eval.max_train_samples`` caps the train images; collapse uses at most
     ``collapse_samples`` train images (projector embeddings and backbone features). Returns
     ``linear_top1``, ``knn_top1``, ``probe``, ``collapse``, ``collapse_backbone`` (all None when the
-    features are not finite; a disabled ``eval.linear`` / ``eval.knn`` leaves its score None)."""
+    features are not finite; a disabled ``eval.linear`` / ``eval.knn`` leaves its score None), and
+    ``few_shot`` ({str(k): few_label_probe result} for each k of ``eval.few_shot``; None when empty)."""
     from ..data import load_dataset
 
     ev = cfg.eval
@@ -46,7 +47,7 @@ def evaluate_model(model: torch.nn.Module, cfg: DictConfig, device: torch.device
     te_f = extract_features(backbone, test.images, cfg.dataset, device, autocast_dtype=amp_dtype)
     tr_y, te_y = tr_y.to(device), test.labels.to(device)
     nc = int(cfg.dataset.num_classes) if cfg.dataset.num_classes is not None else len(train.classes)
-    out: dict[str, Any] = {"linear_top1": None, "knn_top1": None, "probe": None}
+    out: dict[str, Any] = {"linear_top1": None, "knn_top1": None, "probe": None, "few_shot": None}
     if not (torch.isfinite(tr_f).all() and torch.isfinite(te_f).all()):
         return out | {"collapse": None, "collapse_backbone": None}
     if ev.linear:
@@ -56,6 +57,13 @@ def evaluate_model(model: torch.nn.Module, cfg: DictConfig, device: torch.device
         out["linear_top1"] = probe["top1"]
         out["probe"] = {"weight_decay": probe["weight_decay"], "train_top1": probe["train_top1"],
                         "val_top1": {str(k): v for k, v in probe["val_top1"].items()}}
+    if ev.few_shot:
+        out["few_shot"] = {
+            str(k): few_label_probe(tr_f, tr_y, te_f, te_y, k=int(k), draws=int(ev.few_shot_draws),
+                                    seed=int(cfg.seed), weight_decays=list(ev.probe_weight_decays),
+                                    val_fraction=float(ev.probe_val_fraction), max_iter=int(ev.probe_max_iter),
+                                    num_classes=nc)
+            for k in ev.few_shot}
     if ev.knn:
         out["knn_top1"] = knn_top1(tr_f, tr_y, te_f, te_y, k=int(ev.knn_k),
                                    temperature=float(ev.knn_temperature), num_classes=nc)

@@ -109,3 +109,39 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     w, b = fit_logreg(tx, train_y, k, best, max_iter)
     return {"top1": top1(sx, test_y, w, b), "weight_decay": best, "val_top1": val_top1,
             "train_top1": top1(tx, train_y, w, b)}
+
+
+def few_label_draw(y: Tensor, k: int, seed: int) -> Tensor:
+    """Sorted indices of ``k`` images of every class of ``y``, drawn without replacement (seeded).
+
+    The draw depends only on (labels, k, seed): every run of a seed, trained or untrained, probes the same
+    labelled images, so few-label scores pair within seed like the full probe."""
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in torch.unique(y.cpu()):
+        idx = torch.nonzero(y.cpu() == c).flatten()
+        if len(idx) < k:
+            raise UserError(f"eval.few_shot: {k} labelled images per class, but class {int(c)} has only "
+                            f"{len(idx)} in the probe's train pool (raise eval.max_train_samples or lower k)")
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    return torch.cat(picks).sort().values.to(y.device)
+
+
+def few_label_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, k: int, draws: int,
+                    seed: int, **probe_kw) -> dict:
+    """The linear probe fitted on ``k`` labelled train images per class, for ``draws`` label draws.
+
+    Like the 1%/10%-label evaluations of SimCLR (Chen et al., 2020) but linear on frozen features: each draw
+    is an independent ``linear_probe`` (weight decay chosen on a held-out part of its own k labels, test
+    split used once). Returns {"top1" (mean over draws), "sd" (over draws; None for one draw),
+    "draws" (test top-1 of each draw)}."""
+    if k < 1 or draws < 1:
+        raise UserError(f"eval.few_shot: k={k} and eval.few_shot_draws={draws} must be >= 1")
+    scores = []
+    for d in range(draws):
+        # distinct, seed-determined label draws per (seed, k, draw)
+        idx = few_label_draw(train_y, k, seed * 1_000_003 + k * 7919 + d)
+        res = linear_probe(train_x[idx], train_y[idx], test_x, test_y, seed=seed + d, **probe_kw)
+        scores.append(res["top1"])
+    t = torch.tensor(scores, dtype=torch.float64)
+    return {"top1": float(t.mean()), "sd": float(t.std()) if draws > 1 else None, "draws": scores}

@@ -20,9 +20,9 @@ from ..io import atomic_write_text
 from ..layout import yaml_load_file
 from . import stats as S
 from .render import H, P, Table
-from .tables import ACCURACY, to_csv, to_markdown
+from .tables import ACCURACY, FEW_SHOT, accuracy_columns, metric_label, to_csv, to_markdown
 
-SETTING_KEYS = ("reference_batch_size", "compare")  # of the sweep's `report:` block; the rest is not ours
+SETTING_KEYS = ("reference_batch_size", "compare", "metric")  # of the sweep's `report:` block; the rest is not ours
 OUTPUTS = ("sensitivity.csv", "contrasts.csv", "method_contrasts.csv", "relative_drop_ci.csv", "power.csv")
 
 
@@ -32,6 +32,7 @@ class Settings:
 
     reference_batch_size: int | None = None      # None: the largest B of each method's grid
     compare: tuple[tuple[str, str], ...] | None = None   # None: stats.default_pairs (registry's unbiased_of)
+    metric: str | None = None    # the Reading's accuracy (a metric column); None: linear probe, else kNN
 
 
 def read_settings(sweep_yaml: Path | str) -> Settings:
@@ -58,7 +59,11 @@ def read_settings(sweep_yaml: Path | str) -> Settings:
             raise UserError(f"{path}: report.compare: expected a list of method pairs, e.g. "
                             f"[[vicreg_unbiased, vicreg]], got {cmp!r}")
         cmp = tuple((a, b) for a, b in cmp)
-    return Settings(ref, cmp)
+    metric = block.get("metric")
+    if metric is not None and not (isinstance(metric, str) and (metric in ACCURACY or FEW_SHOT.match(metric))):
+        raise UserError(f"{path}: report.metric: expected linear_top1, knn_top1 or few_shot.<k>.top1 "
+                        f"(eval.few_shot), got {metric!r}")
+    return Settings(ref, cmp, metric)
 
 
 @dataclass
@@ -96,7 +101,9 @@ def compute(runs: pd.DataFrame, settings: Settings = Settings(), where: str = "s
 
 
 def _compute(runs: pd.DataFrame, settings: Settings, where: str) -> Analysis:
-    long = S.long_table(runs)
+    if settings.metric is not None and settings.metric not in runs.columns:
+        raise UserError(f"{where}: report.metric: no run has {settings.metric!r} (is eval.few_shot set?)")
+    long = S.long_table(runs, tuple(accuracy_columns(runs)))
     try:
         sens = S.sensitivity(runs, long=long)
         con = S.contrasts(runs, settings.reference_batch_size, long=long)
@@ -153,7 +160,7 @@ def fp(p: float) -> str:
 
 
 def _metric(m: str) -> str:
-    return ACCURACY.get(m, m)
+    return metric_label(m)
 
 
 def _wide(df: pd.DataFrame, keys: list[str], ref_of=None) -> pd.DataFrame:

@@ -39,13 +39,15 @@ def format_power(table, effects) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from .load import load_study
-    from .stats import METRICS, power_table
+    from .stats import power_table
+    from .tables import accuracy_columns
 
     effects = parse_effects(args.effect)
-    metrics = METRICS if args.metric is None else (args.metric,)
-    if args.metric is not None and args.metric not in METRICS:
-        raise UserError(f"--metric: unknown metric {args.metric!r} (choose from {', '.join(METRICS)})")
     study = load_study(args.study)
+    known = tuple(accuracy_columns(study.runs))
+    metrics = known if args.metric is None else (args.metric,)
+    if args.metric is not None and args.metric not in known:
+        raise UserError(f"--metric: unknown metric {args.metric!r} (choose from {', '.join(known)})")
     try:
         table = power_table(study.runs, effects, metrics)
     except UserError as exc:
@@ -62,5 +64,5 @@ def register(sub) -> None:
                        "slope difference at 80% power for its seed count, and the seeds needed for each --effect.")
     p.add_argument("study", help="study directory, results/<study>")
     p.add_argument("--effect", default="0.5,1,2", help="effect sizes in points, comma list (default 0.5,1,2)")
-    p.add_argument("--metric", default=None, help="linear_top1 or knn_top1 (default: both)")
+    p.add_argument("--metric", default=None, help="linear_top1, knn_top1 or few_shot.<k>.top1 (eval.few_shot) (default: all the study has)")
     p.set_defaults(func=_run)

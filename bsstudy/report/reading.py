@@ -17,7 +17,7 @@ from ..registry import METHODS, split_label
 from .analysis import Analysis, compute, est_ci, fp, slope_mde_text
 from .references import REFERENCES
 from .stats import BOOT_MIN_SEEDS, default_pairs
-from .tables import ACCURACY, baseline_level, epochs_text
+from .tables import ACCURACY, baseline_level, epochs_text, metric_label
 
 
 def _pct(x: float) -> str:
@@ -174,9 +174,9 @@ def reading(summary: pd.DataFrame, head: pd.DataFrame, runs: pd.DataFrame, n_mis
     ``base`` (``tables.init_baseline``) the untrained network's level, if any."""
     a = compute(runs) if analysis is None else analysis
     sens = a.sensitivity
-    column = "linear_top1" if (sens["metric"] == "linear_top1").any() or not (sens["metric"] == "knn_top1").any() \
-        else "knn_top1"
-    label = ACCURACY[column]
+    column = a.settings.metric or ("linear_top1" if (sens["metric"] == "linear_top1").any()
+                                   or not (sens["metric"] == "knn_top1").any() else "knn_top1")
+    label = metric_label(column)
     s_col = summary[np.isfinite(summary[f"{column}_mean"])] if len(summary) else summary
     parts = []
     if s_col.empty:

@@ -61,7 +61,7 @@ def long_table(runs: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     for m in metrics:
         if m not in df.columns:
             continue
-        init_col = INIT_COLUMNS.get(m)
+        init_col = INIT_COLUMNS.get(m, f"init_{m}")
         part = pd.DataFrame({
             "method": method.astype(str).to_numpy(),
             "epochs": pd.to_numeric(df["epochs"], errors="coerce").to_numpy(),

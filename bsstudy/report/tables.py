@@ -10,6 +10,7 @@ init_baseline.csv hold metric labels."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,22 @@ SUMMARY_METRICS = ("linear_top1", "knn_top1", "collapse.effective_rank", "collap
 KEYS = ["method_label", "batch_size", "epochs"]
 INIT_METRICS = {"init_linear_top1": "linear", "init_knn_top1": "kNN"}  # columns (eval.at_init) -> labels
 FLOAT_FORMAT = "%.6g"
+FEW_SHOT = re.compile(r"^few_shot\.(\d+)\.top1$")  # eval.few_shot's metric columns (result.json few_shot.<k>.top1)
+
+
+def accuracy_columns(runs: pd.DataFrame) -> dict[str, str]:
+    """Metric column -> label of every accuracy of a study: ``ACCURACY`` then the few-label probes present
+    in ``runs`` (``few_shot.<k>.top1`` -> "<k>-shot linear"), by k."""
+    few = sorted((int(m.group(1)), c) for c in runs.columns if (m := FEW_SHOT.match(str(c))))
+    return dict(ACCURACY) | {c: f"{k}-shot linear" for k, c in few}
+
+
+def metric_label(column: str) -> str:
+    """How the report names the accuracy in metric column ``column`` (the column itself if not one)."""
+    if column in ACCURACY:
+        return ACCURACY[column]
+    m = FEW_SHOT.match(column)
+    return f"{m.group(1)}-shot linear" if m else column
 
 
 def epochs_text(e) -> str:
@@ -55,7 +72,7 @@ def summarize_cells(runs: pd.DataFrame) -> pd.DataFrame:
                                                                **{n: (n, "sum") for n in flags})
     done = runs[st == Status.DONE]
     out = counts.astype(int)
-    for m in SUMMARY_METRICS:
+    for m in SUMMARY_METRICS + tuple(c for c in accuracy_columns(runs) if c not in SUMMARY_METRICS):
         vals = pd.to_numeric(done[m], errors="coerce") if m in done.columns else pd.Series(np.nan, index=done.index)
         vals = vals.where(np.isfinite(vals))
         g = vals.groupby([done[k] for k in KEYS], sort=True)
@@ -80,7 +97,8 @@ def init_baseline(runs: pd.DataFrame) -> pd.DataFrame:
 
     The initial weights depend on the seed and the model, not on the method or batch size, so each
     (backbone, seed) counts once (the mean of its runs, which agree). Empty when no run probed at init."""
-    cols = [c for c in INIT_METRICS if c in runs.columns]
+    labels = INIT_METRICS | {f"init_{c}": lab for c, lab in accuracy_columns(runs).items() if c not in ACCURACY}
+    cols = [c for c in labels if c in runs.columns]
     out_cols = ["backbone", "metric", "mean", "ci95", "n_seeds"]
     if not cols:
         return pd.DataFrame(columns=out_cols)
@@ -95,7 +113,7 @@ def init_baseline(runs: pd.DataFrame) -> pd.DataFrame:
                 continue
             n = len(v)
             ci = float(t_half_width(v.std(ddof=1) if n >= 2 else np.nan, n))
-            rows.append({"backbone": backbone, "metric": INIT_METRICS[c], "mean": float(v.mean()), "ci95": ci,
+            rows.append({"backbone": backbone, "metric": labels[c], "mean": float(v.mean()), "ci95": ci,
                          "n_seeds": n})
     return pd.DataFrame(rows, columns=out_cols)
 

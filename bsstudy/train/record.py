@@ -41,6 +41,8 @@ def run_result(fields: dict[str, Any], status: Status, *, device: str | None = N
                                finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     if init is not None:
         out.update(init_linear_top1=init.get("linear_top1"), init_knn_top1=init.get("knn_top1"))
+        if init.get("few_shot") is not None:
+            out["init_few_shot"] = init["few_shot"]
     if progress is not None:
         out.update(final_loss=final_loss, train_seconds=progress.train_seconds,
                    images_per_second=progress.images_per_second)
@@ -49,6 +51,8 @@ def run_result(fields: dict[str, Any], status: Status, *, device: str | None = N
     if evaluation is not None:
         out.update({k: evaluation[k] for k in ("linear_top1", "knn_top1", "collapse", "collapse_backbone",
                                                "probe")})
+        if evaluation.get("few_shot") is not None:
+            out["few_shot"] = evaluation["few_shot"]
     if error is not None:
         out["error"] = error
     return new_result(**out)
