@@ -777,3 +777,23 @@ def write_sweep(tmp: Path, data: dict) -> Path:
     p = tmp / "other.yaml"
     p.write_text(yaml.safe_dump(data))
     return p
+
+
+def test_reproducible_report_is_a_function_of_the_runs_only(small, tmp_path, monkeypatch):
+    """`report --reproducible` (committed reports next to their runs): every byte the same from another
+    commit and another machine; the date is the last run's, no rendering-checkout state."""
+    import bsstudy.report.build as B
+    root = small
+    a = build_report(root, tmp_path / "a", log=lambda *x: None, reproducible=True)
+    monkeypatch.setattr(B, "git_state", lambda: ("f" * 40, True))          # another checkout
+    b = build_report(root, tmp_path / "b", log=lambda *x: None, reproducible=True)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) > 20 and files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for name in files:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    prov = json.loads((a / "provenance.json").read_text())
+    runs = pd.read_csv(a / "runs.csv")
+    assert prov["git_commit"] is None and prov["date"] == runs["finished_at"].dropna().max()
+    assert set(prov["hardware"]) == {"run_devices"}
+    c = build_report(root, tmp_path / "c", log=lambda *x: None)                 # default: the checkout's state
+    assert json.loads((c / "provenance.json").read_text())["git_commit"] == "f" * 40

@@ -95,18 +95,27 @@ def study_bibtex(study: Study, code: dict, year: str) -> str:
             f"commit{s} {commits}}}\n}}")
 
 
-def provenance(study: Study) -> dict:
+def provenance(study: Study, reproducible: bool = False) -> dict:
     """Who/what/where made this report: git state of the checkout that rendered it (``git_commit``,
     ``git_dirty``), the commits the runs were produced with (``run_code``), versions, hardware, date, and
-    each run's config hash."""
-    commit, dirty = git_state()
+    each run's config hash.
+
+    ``reproducible``: a pure function of the runs (and the library versions): the date is the last run's
+    ``finished_at``, and the rendering checkout's git state and machine are left out (None), so the same
+    committed runs give the same bytes on any commit and machine (``bsstudy report --reproducible``)."""
+    commit, dirty = (None, None) if reproducible else git_state()
     runs = study.runs
     env = environment()  # versions, python, hardware
+    if reproducible:
+        env["hardware"] = {}
     env["hardware"]["run_devices"] = sorted({str(d) for d in runs.get("device", pd.Series(dtype=str)).dropna()})
+    finished = runs.get("finished_at", pd.Series(dtype=object)).dropna().astype(str)
+    date = (max(finished) if reproducible and len(finished) else
+            _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat())
     return {
         "study": study.name, "study_dir": str(study.root), "sweep_hash": study.plan_hash,
         "git_commit": commit, "git_dirty": dirty, "run_code": run_code(runs), **env,
-        "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "date": date,
         "runs": {r: (h if isinstance(h, str) else None)
                  for r, h in zip(runs["run_id"], runs.get("config_hash", pd.Series([None] * len(runs))))},
     }
@@ -225,8 +234,9 @@ def _setup(study: Study) -> list[str]:
 
 
 def build_report(study_dir: Path | str, out: Path | str | None = None, formats=FORMATS,
-                 max_curve_cells: int = MAX_CURVE_CELLS, log=print) -> Path:
+                 max_curve_cells: int = MAX_CURVE_CELLS, log=print, reproducible: bool = False) -> Path:
     """Write the report of ``results/<study>`` into ``out`` (default reports/<study>); return ``out``.
+    ``reproducible``: the output depends only on the runs (see :func:`provenance`).
 
     The report is written as one unit: into a temporary folder next to ``out``, which replaces ``out``
     only once every file is complete. A failure part-way (a full disk, a bad figure) leaves the previous
@@ -238,7 +248,7 @@ def build_report(study_dir: Path | str, out: Path | str | None = None, formats=F
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
-        _build_into(study, tmp, formats, max_curve_cells, log)
+        _build_into(study, tmp, formats, max_curve_cells, log, reproducible)
         _replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -289,7 +299,7 @@ def _umask() -> int:
     return mask
 
 
-def _build_into(study: Study, out: Path, formats, max_curve_cells: int, log) -> None:
+def _build_into(study: Study, out: Path, formats, max_curve_cells: int, log, reproducible: bool = False) -> None:
     """Every file of the report, written into the (empty, temporary) folder ``out``."""
     figdir, tabdir = out / "figures", out / "tables"
     tabdir.mkdir(parents=True, exist_ok=True)
@@ -334,7 +344,7 @@ def _build_into(study: Study, out: Path, formats, max_curve_cells: int, log) -> 
     figs = F.report_figures(summary, drop, base, runs, study.curves, study.bias, max_curve_cells, stat)
     rendering = F.start_render(figs, figdir)  # drawn by workers while this process writes the rest
     try:
-        _write_documents(study, out, formats, summary, head, paper, figs, rendering, log, base, stat)
+        _write_documents(study, out, formats, summary, head, paper, figs, rendering, log, base, stat, reproducible)
     except BaseException:
         rendering.abort()  # never leave workers behind
         raise
@@ -357,7 +367,7 @@ def _figure_blocks(figs: list["F.FigureSpec"], section: str) -> list:
 
 def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, head: pd.DataFrame, paper: dict,
                      figs: list["F.FigureSpec"], rendering: "F.Rendering", log, base: pd.DataFrame,
-                     stat: "A.Analysis") -> None:
+                     stat: "A.Analysis", reproducible: bool = False) -> None:
     """report.md, report.html and provenance.json (waits for the figures before embedding them)."""
     runs = study.runs
     if len(base):
@@ -365,7 +375,7 @@ def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, he
     figcount = rendering.count
 
     # ---- document
-    prov = provenance(study)
+    prov = provenance(study, reproducible)
     code = prov["run_code"]
     year = prov["date"][:4]
     doc: list = [H(1, f"bsstudy report: {study.name}"),
