@@ -3,8 +3,12 @@ init_eval.json), every ``eval.every`` epochs, and the end. Rank 0 evaluates; the
 What an evaluation computes is bsstudy/evaluate/model.py's."""
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any, Callable, TypeVar
+
+from omegaconf import OmegaConf
 
 from ..evaluate.model import evaluate_at_init, evaluate_model
 from ..io import atomic_write_json
@@ -40,12 +44,52 @@ def at_init(run: Run, paths: RunPaths) -> dict[str, Any]:
         return {}
 
     def probe() -> dict[str, Any]:
-        ev = evaluate_at_init(run.model, run.cfg, run.device, run.amp_dtype)
+        cache = init_cache_file(run, paths)
+        ev = _read_json(cache) if cache is not None else None
+        reused = ev is not None
+        if ev is None:
+            ev = evaluate_at_init(run.model, run.cfg, run.device, run.amp_dtype)
+            if cache is not None:
+                atomic_write_json(cache, ev)
         atomic_write_json(paths.init_eval, ev)
-        log(paths.run_id, f"at init: linear_top1={ev['linear_top1']} knn_top1={ev['knn_top1']}")
+        log(paths.run_id, f"at init{' (same untrained network as an earlier run of the study)' if reused else ''}: "
+                          f"linear_top1={ev['linear_top1']} knn_top1={ev['knn_top1']}")
         return ev
 
     return on_main(run, probe) or {}
+
+
+INIT_CACHE_DIR = ".init_eval_cache"
+
+
+def init_cache_file(run: Run, paths: RunPaths) -> Path | None:
+    """Where the study keeps the at-init probe of this run's untrained backbone, shared by its runs; None for
+    a run outside a study (results/<study>/runs/<id>).
+
+    The probe of the untrained network depends only on the backbone's weights, the data and the
+    evaluation settings (``INIT_FIELDS`` hold nothing of the projector), and every run of a seed starts
+    from the same backbone whatever its method or batch size: a study of M methods x B batch sizes probes
+    it once per seed, not M x B times. The key hashes the weights themselves, so a different
+    initialisation can never reuse another's probe."""
+    study = paths.dir.parent.parent
+    if paths.dir.parent.name != "runs" or not (study / "plan.csv").is_file():
+        return None
+    h = hashlib.sha256()
+    for name, t in run.model.backbone.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    c = OmegaConf.to_container(run.cfg, resolve=True)
+    h.update(json.dumps({k: c[k] for k in ("eval", "dataset", "model", "seed")}, sort_keys=True).encode())
+    return study / INIT_CACHE_DIR / f"{h.hexdigest()[:32]}.json"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when absent or unreadable (then it is computed again)."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def due(run: Run, epoch: int) -> bool:
