@@ -368,6 +368,17 @@ def test_power_cli(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "at least 2 seeds" in err and "one" in err
     assert main(["power", str(tmp_path / "pilot"), "--effect", "-1"]) == 2
     assert "--effect" in capsys.readouterr().err
+    # a planned grid, sized from the pilot's residual: more batch sizes, a tighter slope, fewer seeds
+    assert main(["power", str(tmp_path / "pilot"), "--effect", "0.3", "--metric", "linear_top1",
+                 "--batch-sizes", "16,32,64,128,256,512,1024"]) == 0
+    wide = capsys.readouterr().out
+    assert "batch sizes 16,32,64,128,256,512,1024" in wide
+    main(["power", str(tmp_path / "pilot"), "--effect", "0.3", "--metric", "linear_top1"])
+    own = capsys.readouterr().out
+    need = lambda text: int(float(text.splitlines()[3].split()[-1]))  # noqa: E731  slope row, seeds@0.3
+    assert need(wide) < need(own)
+    assert main(["power", str(tmp_path / "pilot"), "--batch-sizes", "64,x"]) == 2
+    assert "--batch-sizes" in capsys.readouterr().err
 
 
 def test_seeds_needed_is_the_first_seed_count_with_80_percent_power():

@@ -49,11 +49,24 @@ def _run(args: argparse.Namespace) -> int:
     if args.metric is not None and args.metric not in known:
         raise UserError(f"--metric: unknown metric {args.metric!r} (choose from {', '.join(known)})")
     try:
-        table = power_table(study.runs, effects, metrics)
+        table = power_table(study.runs, effects, metrics, batch_sizes=parse_batch_sizes(args.batch_sizes))
     except UserError as exc:
         raise UserError(f"{args.study}: {exc}") from None
     print(format_power(table, effects))
     return 0
+
+
+def parse_batch_sizes(text: str | None) -> tuple[int, ...] | None:
+    """``--batch-sizes 16,32,64``: the planned grid (None: the study's own); UserError naming the option."""
+    if text is None:
+        return None
+    try:
+        bs = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise UserError(f"--batch-sizes: {text!r} is not a comma list of integers (e.g. 16,32,64)") from None
+    if len(bs) < 2 or bs[0] < 1:
+        raise UserError(f"--batch-sizes: {text!r}: give at least two positive batch sizes")
+    return bs
 
 
 def register(sub) -> None:
@@ -64,5 +77,8 @@ def register(sub) -> None:
                        "slope difference at 80% power for its seed count, and the seeds needed for each --effect.")
     p.add_argument("study", help="study directory, results/<study>")
     p.add_argument("--effect", default="0.5,1,2", help="effect sizes in points, comma list (default 0.5,1,2)")
+    p.add_argument("--batch-sizes", default=None,
+                   help="size this planned grid (comma list, e.g. 16,32,64,128,256,512) from the study's residual "
+                        "SD (default: the study's own batch sizes)")
     p.add_argument("--metric", default=None, help="linear_top1, knn_top1 or few_shot.<k>.top1 (eval.few_shot) (default: all the study has)")
     p.set_defaults(func=_run)

@@ -620,10 +620,12 @@ def residual_sd(long: pd.DataFrame, metric: str) -> tuple[float, float]:
 
 
 def power_table(runs: pd.DataFrame, effects=DEFAULT_EFFECTS, metrics=METRICS, power: float = POWER,
-                alpha: float = ALPHA, long: pd.DataFrame | None = None) -> pd.DataFrame:
+                alpha: float = ALPHA, long: pd.DataFrame | None = None,
+                batch_sizes: tuple[int, ...] | None = None) -> pd.DataFrame:
     """Per metric and quantity (slope, B vs B_ref, method-pair slope difference): the within-seed residual
     SD of this study, the minimum detectable effect at ``power`` for its seed count and grid, and the seeds
-    needed for each of ``effects`` (points). UserError for fewer than 2 seeds or no finished run."""
+    needed for each of ``effects`` (points). ``batch_sizes``: size a *planned* grid from this (pilot)
+    study's residual SD instead of its own grid. UserError for fewer than 2 seeds or no finished run."""
     long = long_table(runs, metrics) if long is None else long
     if not len(long):
         raise UserError("no finished runs (status: done with an accuracy): nothing to size a study from")
@@ -636,7 +638,8 @@ def power_table(runs: pd.DataFrame, effects=DEFAULT_EFFECTS, metrics=METRICS, po
         sigma, dof = residual_sd(long, metric)
         if not np.isfinite(sigma):
             continue
-        d = Design(tuple(sorted(set(int(b) for b in lm["batch_size"]))), sigma)
+        grid = batch_sizes if batch_sizes is not None else set(int(b) for b in lm["batch_size"])
+        d = Design(tuple(sorted(grid)), sigma)
         for q in QUANTITIES:
             se, df = getattr(d, q)(n_seeds)
             row = dict(metric=metric, quantity=q, resid_sd_pts=sigma, resid_df=dof, n_seeds=n_seeds,
