@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from .errors import UserError
 
 COLUMNS = ("model_key", "backbone", "width", "image_shape", "dataset", "method", "batch_size",
@@ -170,6 +168,8 @@ def images_per_second(table: ThroughputTable, key: str, batch_size: Any) -> Any:
     Below the smallest measured B: the first segment's log-log slope, clamped to [0, 1] (a step never
     gets faster with more images, so images/s grows at most linearly in B). Above the largest: flat
     (throughput saturates; whether that B fits in memory the table cannot say). One point: flat."""
+    import numpy as np  # here, not at import: `bsstudy plan` without a table does not need it
+
     b = np.asarray(batch_size, dtype=float)
     if np.any(b < 1):
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -190,6 +190,8 @@ RANGES = ("measured", "interpolated", "below", "above")  # range_of's labels
 
 def range_of(table: ThroughputTable, key: str, batch_size: Any) -> Any:
     """Where ``batch_size`` (int or array) falls for ``key``: one of ``RANGES`` (an array of them for an array)."""
+    import numpy as np
+
     b = np.asarray(batch_size)
     bs = np.asarray(_entry(table, key).batch_sizes)
     out = np.select([np.isin(b, bs), b < bs[0], b > bs[-1]], ["measured", "below", "above"], "interpolated")

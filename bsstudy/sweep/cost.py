@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ..data.sizes import eval_sizes, pretrain_size
 from ..throughput import ThroughputTable, eval_seconds, images_per_second, load_throughput_table, model_key, \
     range_of
@@ -102,6 +100,8 @@ class CostModel:
 
     def estimate(self, cfgs: list[dict]) -> list[Estimate]:
         """Estimates of resolved cell configs, in order; the table is interpolated per model_key at once."""
+        import numpy as np  # here, not at import: plan without throughput does not need it
+
         keys = [model_key(c) for c in cfgs]
         pgb = np.array([int(c["batch_size"]) // world_size(c) for c in cfgs], dtype=np.int64)
         ips = np.full(len(cfgs), np.nan)
@@ -122,8 +122,9 @@ class CostModel:
                         break
             n = dataset_size(cfg)
             if not src or n is None:
-                note = "pretraining set size unknown" if n is None else \
-                    f"{key} not in the table and no throughput.default"
+                note = ("pretraining set size unknown" if n is None else
+                        f"{key} not in the table and no throughput.default" if self.table is not None else
+                        f"no throughput.{method} or throughput.default")
                 out.append(Estimate(None, None, None, key, int(pgb[i]), note=note, cost=self))
                 continue
             train_s = n * int(cfg["epochs"]) / rate
@@ -132,7 +133,8 @@ class CostModel:
             if m is not None and measured is not None:
                 ev_src, ev_s = "table", measured
             elif m is not None:
-                # the eval does not depend on the training batch: cost it at the saturated throughput
+                # the eval does not depend on the training batch (features go in batches of 512): cost it
+                # at the largest measured B, as EVAL_IMAGE_COST was measured
                 ref = self.table.models[key].images_per_second[-1] if self._in_table(key) else rate
                 ev_src, ev_s = "constant", m * EVAL_IMAGE_COST / ref
             eval_gpu_s = w * evaluations(cfg) * ev_s

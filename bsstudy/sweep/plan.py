@@ -225,7 +225,7 @@ def plan_cells(sweep: Sweep, results: Path) -> list[Cell]:
     out = list(cells.values())
     if cost is not None:
         for c, e in zip(out, cost.estimate([c.config for c in out])):
-            c.row[_GPU_HOURS] = None if e.hours is None else round(e.hours, 4)
+            c.row[_GPU_HOURS] = None if e.hours is None else float(f"{e.hours:.4g}")  # 4 significant digits
             c.estimate = e
     return out
 

@@ -67,7 +67,8 @@ class Sweep:
     gpu_hours_assumptions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        """Plain dict in the file schema (what plan stores as results/<study>/sweep.yaml)."""
+        """Plain dict in the file schema (what plan stores as results/<study>/sweep.yaml, adding
+        ``gpu_hours_assumptions`` from its cells)."""
         pm = {m: dict(v) for m, v in self.per_method.items()}
         for m, s in self.per_method_slurm.items():
             pm.setdefault(m, {})["slurm"] = dict(s)
