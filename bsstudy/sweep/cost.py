@@ -25,9 +25,9 @@ from .spec import THROUGHPUT_TABLE
 # One evaluated image costs this many training images (at the table's largest measured B, or the
 # mapping's images/s) where no eval_seconds is measured. An evaluated image is one un-augmented forward
 # pass; a training image is two augmented views forward and backward (about 6 forwards), plus the probe's
-# and kNN's share. Measured with bench_train_throughput.py --write on CPU (1 thread, a busy 2-core machine):
-# 0.13 for small_cnn (B=256; 0.21 against its B=32 images/s), 0.11 for resnet18_cifar (B=64); the upper
-# end is taken so that the estimate errs long. Not measured on a GPU: there, measure eval_seconds.
+# and kNN's share. Measured with bench_train_throughput.py --write on CPU (1 thread, a 2-core machine under
+# load 5-11): 0.13 for small_cnn (B=256; 0.21 against its B=32 images/s), 0.11 and 0.22 in two runs of
+# resnet18_cifar (B=64). Not measured on a GPU: there, measure eval_seconds.
 EVAL_IMAGE_COST = 0.2
 
 

@@ -328,9 +328,9 @@ def write_plan(sweep: Sweep, cells: list[Cell], results: Path) -> dict[str, int]
                 written["configs_new"] += 1
                 created.append(p)
             atomic_write_text(p, text)
-        stored = sweep.to_dict()
-        if gpu_hours_assumptions(cells):  # submit --dry-run prints what plan.csv's gpu_hours assumed
-            stored["gpu_hours_assumptions"] = gpu_hours_assumptions(cells)
+        stored, assumed = sweep.to_dict(), gpu_hours_assumptions(cells)
+        if assumed:  # submit --dry-run prints what plan.csv's gpu_hours assumed
+            stored["gpu_hours_assumptions"] = assumed
         for p, text in ((paths.plan, plan_csv_text(cells)), (paths.sweep, yaml_dump(stored))):
             if not p.exists() or p.read_text() != text:
                 atomic_write_text(p, text)
@@ -343,6 +343,11 @@ def write_plan(sweep: Sweep, cells: list[Cell], results: Path) -> dict[str, int]
                 pass
         raise
     return written
+
+
+def _hours(h: float) -> str:
+    """GPU-hours for people: 83,512 / 27.8 / 0.0786."""
+    return f"{h:,.0f}" if h >= 100 else f"{h:.1f}" if h >= 1 else f"{h:.3g}"
 
 
 def plan_summary_table(cells: Iterable[Cell]) -> str:
@@ -367,9 +372,9 @@ def plan_summary_table(cells: Iterable[Cell]) -> str:
         per = {m: sum(c.estimate.hours for c in cells if c.row["method"] == m and c.estimate is not None
                       and c.estimate.hours is not None) for m in methods}
         extra = "" if len(known) == len(cells) else f", {len(cells) - len(known)} cells without an estimate"
-        lines.append(f"estimated GPU-hours: {sum(e.hours for e in known):.3g} (evaluation "
-                     f"{sum(e.eval_hours for e in known):.3g} of it{extra}) = "
-                     + ", ".join(f"{m} {per[m]:.3g}" for m in methods))
+        lines.append(f"estimated GPU-hours: {_hours(sum(e.hours for e in known))} (evaluation "
+                     f"{_hours(sum(e.eval_hours for e in known))} of it{extra}) = "
+                     + ", ".join(f"{m} {_hours(per[m])}" for m in methods))
         lines += gpu_hours_assumptions(cells)
     return "\n".join(lines)
 
