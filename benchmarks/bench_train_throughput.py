@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bsstudy.config import cell_config  # noqa: E402
 from bsstudy.data.augment import TwoViewAugment  # noqa: E402
+from bsstudy.data.sizes import EVAL_SIZES  # noqa: E402
 from bsstudy.models import SSLModel, build_backbone, build_projector  # noqa: E402
 from bsstudy.objectives import build_objective  # noqa: E402
 from bsstudy.runtime import resolve_device, tune_malloc  # noqa: E402
@@ -38,9 +39,6 @@ from bsstudy.train.optim import build_optimizer  # noqa: E402
 
 # backbone option -> the dataset whose image shape it is measured on (the study's pairing)
 MODELS = {"small_cnn": "fashion_mnist", "resnet18_cifar": "cifar10", "resnet18": "stl10", "resnet50": "stl10"}
-# evaluation splits (probe/kNN train, test) of the built-in datasets; eval.max_train_samples caps the first
-EVAL_SIZES = {"fashion_mnist": (60000, 10000), "cifar10": (50000, 10000), "cifar100": (50000, 10000),
-              "stl10": (5000, 8000)}
 GPU_BATCHES = [32, 64, 128, 256, 512, 1024, 2048, 4096]
 
 
@@ -114,7 +112,7 @@ def eval_seconds(cfg, device: torch.device, amp_dtype: torch.dtype | None,
     """Seconds of one end-of-run evaluation (features of the eval train+test splits, probe, kNN) with the
     cell's eval settings, on random images/labels of the dataset's sizes. With ``max_images`` each part
     runs on fewer images and is scaled to the full sizes: features and probe linearly, kNN by train x test.
-    Returns the seconds of each part and their ``total``."""
+    Returns the seconds of each part, their ``total``, and the ``images`` (train+test) it stands for."""
     from bsstudy.evaluate import extract_features, knn_top1, linear_probe
 
     n_tr, n_te = EVAL_SIZES[str(cfg.dataset.name)]
@@ -153,7 +151,7 @@ def eval_seconds(cfg, device: torch.device, amp_dtype: torch.dtype | None,
     _sync(device)
     t_knn = time.perf_counter() - t
     parts = {"features": t_feat * (n_tr + n_te) / (m_tr + m_te), "probe": t_probe * f_tr, "knn": t_knn * f_tr * f_te}
-    return parts | {"total": sum(parts.values())}
+    return parts | {"total": sum(parts.values()), "images": n_tr + n_te}
 
 
 def max_steps_for(backbone: str, batch: int, device: torch.device, default: int) -> int:
@@ -192,7 +190,8 @@ def write_table(args: argparse.Namespace, device: torch.device) -> None:
                          "image_shape": key.split("@")[1], "dataset": str(cfg.dataset.name),
                          "method": args.method, "batch_size": b,
                          "images_per_second": f"{m.images_per_second:.1f}",
-                         "eval_seconds": None if ev is None else f"{ev:.2f}", "device": device_label(device),
+                         "eval_seconds": None if ev is None else f"{ev:.2f}",
+                         "eval_images": None if parts is None else parts["images"], "device": device_label(device),
                          "precision": "bf16" if amp is torch.bfloat16 else "fp32",
                          "channels_last": str(channels_last).lower(),
                          "measured_at": _dt.date.today().isoformat()})

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +233,166 @@ def test_command_line_slurm_overrides_survive_the_next_plan(tmp_path, capsys):
     assert main(["plan", str(sweep), "--results", str(res), "slurm.partition=debug", "grid.seed=[0,1]"]) == 0
     r = stored().resources("vicreg")
     assert (r["partition"], r["account"]) == ("debug", "proj")
+
+
+# ── GPU-hour estimates (issue 13 item 6): a throughput table per (model, B), evaluation time, assumptions ──
+KEY4 = "small_cnn-w4@1x28x28"  # TINY's model_key (bsstudy.throughput.model_key)
+
+
+def _tp_table(tmp: Path, points: dict[int, float], key: str = KEY4, eval_s: float | None = 36.0,
+              eval_n: int | None = 72000) -> Path:
+    from bsstudy.throughput import write_throughput_table
+
+    return write_throughput_table(tmp / "tp.csv", [
+        {"model_key": key, "batch_size": b, "images_per_second": v, "eval_seconds": eval_s, "eval_images": eval_n,
+         "device": "cuda:test", "method": "vicreg"} for b, v in points.items()])
+
+
+def _by_b(study_dir: Path) -> dict[int, float]:
+    return {int(x["batch_size"]): float(x["gpu_hours"]) for x in rows(study_dir)}
+
+
+BIG = dict(TINY, base=dict(TINY["base"], **{"dataset.train_subset": 8192}),
+           grid={"method": ["vicreg"], "batch_size": [32, 256, 4096], "epochs": [100], "seed": [0]})
+
+
+def test_table_gives_small_batches_more_gpu_hours(tmp_path, capsys):
+    """B=32 and B=4096 cells cost the same under one images/s per method; from a table they do not."""
+    table = _tp_table(tmp_path, {32: 1500.0, 4096: 12000.0})
+    sweep = write(tmp_path, dict(BIG, throughput={"table": str(table)}))
+    assert main(["plan", str(sweep), "--results", str(tmp_path / "r")]) == 0
+    gh = _by_b(tmp_path / "r" / "tiny")
+    # eval: 36 s x (8192 train_subset + 10000 test) / 72000 measured images, once per run
+    ev = 36.0 * 18192 / 72000
+    assert gh[32] == pytest.approx((8192 * 100 / 1500.0 + ev) / 3600, rel=1e-3)
+    assert gh[4096] == pytest.approx((8192 * 100 / 12000.0 + ev) / 3600, rel=1e-3)
+    # B=256 lies between the measured points: a power law 1500 * (B/32)**(log 8 / log 128)
+    assert gh[256] == pytest.approx((8192 * 100 / (1500.0 * 8 ** (math.log(8) / math.log(128))) + ev) / 3600, rel=1e-3)
+    assert gh[32] > gh[256] > gh[4096]
+    out = capsys.readouterr().out
+    assert f"from {table}" in out and "cuda:test" in out and "log-log" in out and "fell back: none" in out, out
+
+
+def test_mapping_still_works_and_is_flat_in_b(tmp_path, capsys):
+    sweep = write(tmp_path, dict(BIG, throughput={"vicreg": 2000, "default": 1000}))
+    assert main(["plan", str(sweep), "--results", str(tmp_path / "r")]) == 0
+    gh = _by_b(tmp_path / "r" / "tiny")
+    from bsstudy.sweep.cost import EVAL_IMAGE_COST
+
+    want = (8192 * 100 / 2000 + 18192 * EVAL_IMAGE_COST / 2000) / 3600
+    assert gh == pytest.approx({32: want, 256: want, 4096: want}, rel=1e-3)
+    out = capsys.readouterr().out
+    assert "throughput: default 1000, vicreg 2000 (the same at every B)" in out, out
+    assert f"{EVAL_IMAGE_COST:g} training images per evaluated image" in out, out
+
+
+def test_evaluation_time_is_included_per_evaluation_and_gpu(tmp_path):
+    """at_init + every k epochs + the end, each costing every GPU of the run (rank 0 evaluates, the rest wait);
+    the per-GPU batch picks the images/s."""
+    from bsstudy.sweep.cost import CostModel
+
+    table = _tp_table(tmp_path, {64: 1000.0, 128: 2000.0}, key="small_cnn-w32@1x28x28", eval_s=70.0, eval_n=70000)
+    cost = CostModel.from_throughput({"table": str(table)})
+    base = ["batch_size=128", "epochs=10", "dataset.train_subset=1000"]
+    plain = bc.cell_config(base)
+    cfgs = [OmegaConf.to_container(c) for c in (
+        plain, bc.cell_config(base + ["eval.at_init=true", "eval.every=3"]),
+        bc.cell_config(base + ["distributed.gpus_per_node=2"]))]
+    one, more, two_gpus = cost.estimate(cfgs)
+    ev = 70.0 * (1000 + 10000) / 70000 / 3600           # train split capped by train_subset, plus test
+    assert one.eval_hours == pytest.approx(ev) and one.train_hours == pytest.approx(1000 * 10 / 2000.0 / 3600)
+    assert one.hours == pytest.approx(one.train_hours + ev)
+    assert more.eval_hours == pytest.approx(5 * ev)       # 1 at init + epochs 3, 6, 9 + the end
+    assert two_gpus.per_gpu_batch == 64 and two_gpus.train_hours == pytest.approx(1000 * 10 / 1000.0 / 3600)
+    assert two_gpus.eval_hours == pytest.approx(2 * ev)
+    no_eval = CostModel.from_throughput({"table": str(_tp_table(tmp_path, {64: 1000.0, 128: 2000.0},
+                                                               key="small_cnn-w32@1x28x28", eval_s=None))})
+    e = no_eval.estimate(cfgs[:1])[0]
+    from bsstudy.sweep.cost import EVAL_IMAGE_COST
+
+    assert e.eval == "constant" and e.eval_hours == pytest.approx(11000 * EVAL_IMAGE_COST / 2000.0 / 3600)
+    assert "1 cell(s) on the per-image evaluation constant" in no_eval.assumptions([e])[1]
+
+
+def test_cells_outside_the_table_are_named_in_the_assumptions(tmp_path, capsys):
+    table = _tp_table(tmp_path, {64: 1500.0, 256: 6000.0})
+    data = dict(BIG, throughput={"table": str(table), "default": 500},
+                include=[{"method": "vicreg", "batch_size": 64, "epochs": 1, "seed": 0, "model.width": 8}])
+    assert main(["plan", str(write(tmp_path, data)), "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    fell = next(line for line in out.splitlines() if line.startswith("fell back: "))
+    assert "1 cell(s) below the smallest measured B (per-GPU B 32)" in fell, fell
+    assert "1 cell(s) above the largest measured B (per-GPU B 4096)" in fell, fell
+    assert "1 cell(s) of small_cnn-w8@1x28x28 (not in the table) on throughput.default" in fell, fell
+    # what plan assumed is kept with the study, and submit --dry-run prints it
+    stored = yaml.safe_load((tmp_path / "r" / "tiny" / "sweep.yaml").read_text())
+    assert stored["throughput"]["table"] == str(table.resolve()) and stored["gpu_hours_assumptions"][1] == fell
+    assert main(["submit", str(tmp_path / "r" / "tiny"), "--dry-run", "--cluster", "local"]) == 0
+    out = capsys.readouterr().out
+    assert fell in out and f"GPU-hours assume: images/s per GPU from {table.resolve()}" in out, out
+
+
+def test_slurm_preview_prints_the_assumptions(tmp_path, monkeypatch, capsys):
+    table = _tp_table(tmp_path, {32: 1500.0, 4096: 12000.0})
+    sweep = write(tmp_path, dict(BIG, throughput={"table": str(table)}, slurm={"gpus_per_node": 1}))
+    assert main(["plan", str(sweep), "--results", str(tmp_path / "r")]) == 0
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))  # no sbatch: the preview needs no SLURM
+    capsys.readouterr()
+    assert main(["submit", str(tmp_path / "r" / "tiny"), "--dry-run", "--cluster", "slurm"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    total = next(i for i, line in enumerate(out) if line.startswith("total: "))
+    assert out[total + 1].startswith(f"GPU-hours assume: images/s per GPU from {table}") and \
+        out[total + 2] == "fell back: none", out[total:]
+
+
+@pytest.mark.parametrize("body, match", [
+    ("model_key,batch_size\nx,32\n", r"tp\.csv: missing column\(s\) images_per_second"),
+    (f"model_key,batch_size,images_per_second\n{KEY4},32,-5\n", r"tp\.csv:2: images_per_second: '-5' must be"),
+    (f"model_key,batch_size,images_per_second\n{KEY4},32,10\n{KEY4},32,11\n", r"tp\.csv:3: .* appears twice"),
+])
+def test_bad_throughput_table_is_one_line_and_writes_nothing(tmp_path, capsys, body, match):
+    (tmp_path / "tp.csv").write_text(body)
+    sweep = write(tmp_path, dict(BIG, throughput={"table": str(tmp_path / "tp.csv")}))
+    assert main(["plan", str(sweep), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("bsstudy plan: error: ") and re.search(match, err), err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("tp, match", [
+    ({"table": 3}, "throughput.table: must be the path of a bench_train_throughput.py --write table"),
+    ({"table": "nope.csv"}, r"nope\.csv: cannot read the throughput table"),
+    ({"vicreg": "fast"}, "throughput.vicreg: must be a positive number of images/s"),
+    ([1, 2], r"throughput: must be a mapping \(table: FILE and/or method -> images/s\)"),
+])
+def test_bad_throughput_block_names_the_key(tmp_path, capsys, tp, match):
+    monkey_cwd = os.getcwd()
+    os.chdir(tmp_path)  # a relative table is read from the current directory
+    try:
+        assert main(["plan", str(write(tmp_path, dict(BIG, throughput=tp))), "--results", "r"]) == 2
+    finally:
+        os.chdir(monkey_cwd)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(match, err), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_table_path_is_relative_to_the_current_directory_and_overridable(tmp_path, monkeypatch):
+    _tp_table(tmp_path, {32: 1000.0})
+    monkeypatch.chdir(tmp_path)
+    sweep = write(tmp_path, dict(BIG, throughput={"default": 100}))
+    flat = load_sweep(sweep)
+    assert "table" not in flat.throughput
+    s = load_sweep(sweep, ["throughput.table=tp.csv", "throughput.default=null"])
+    assert s.throughput == {"table": str(tmp_path / "tp.csv")}
+
+
+def test_cells_without_any_rate_have_no_estimate_and_say_why(tmp_path, capsys):
+    sweep = write(tmp_path, dict(TINY, throughput={"simclr": 900}))
+    assert main(["plan", str(sweep), "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "4 cells without an estimate" in out, out
+    assert "fell back: 4 cell(s) without an estimate (no throughput.vicreg or throughput.default; " \
+           "no throughput.vicreg_unbiased or throughput.default)" in out, out
+    gh = {x["method"]: x["gpu_hours"] for x in rows(tmp_path / "r" / "tiny")}
+    assert gh["vicreg"] == "" and float(gh["simclr"]) > 0

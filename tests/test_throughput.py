@@ -6,20 +6,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bsstudy.config import cell_config
 from bsstudy.errors import UserError
 from bsstudy.throughput import (COLUMNS, eval_seconds, images_per_second, load_throughput_table, model_key,
-                                write_throughput_table)
+                                range_of, write_throughput_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "resnet18-cifar@3x32x32"
 
 
-def _table(tmp_path: Path, points: dict[int, float], key: str = KEY, eval_s: float | None = 12.5):
+def _table(tmp_path: Path, points: dict[int, float], key: str = KEY, eval_s: float | None = 12.5,
+           eval_n: int | None = None):
     rows = [{"model_key": key, "backbone": "resnet18", "image_shape": "3x32x32", "dataset": "cifar10",
              "method": "vicreg", "batch_size": b, "images_per_second": v, "eval_seconds": eval_s,
+             "eval_images": eval_n,
              "device": "cuda:test", "precision": "bf16", "channels_last": "true"} for b, v in points.items()]
     return load_throughput_table(write_throughput_table(tmp_path / "t.csv", rows))
 
@@ -62,6 +65,24 @@ def test_small_batches_cost_more_per_image(tmp_path):
     assert images_per_second(t, KEY, 64) < images_per_second(t, KEY, 1024) < images_per_second(t, KEY, 4096)
 
 
+def test_arrays_of_batch_sizes_match_one_at_a_time(tmp_path):
+    t = _table(tmp_path, {32: 1500.0, 256: 9000.0, 4096: 14000.0})
+    bs = np.array([8, 32, 64, 256, 1000, 4096, 8192])
+    got = images_per_second(t, KEY, bs)
+    assert isinstance(got, np.ndarray) and got.tolist() == pytest.approx([images_per_second(t, KEY, int(b)) for b in bs])
+    assert isinstance(images_per_second(t, KEY, 64), float)
+    assert range_of(t, KEY, bs).tolist() == ["below", "measured", "interpolated", "measured", "interpolated",
+                                             "measured", "above"]
+    assert range_of(t, KEY, 16) == "below"
+
+
+def test_eval_seconds_scale_with_the_images_evaluated(tmp_path):
+    t = _table(tmp_path, {32: 1.0}, eval_s=60.0, eval_n=60000)
+    assert eval_seconds(t, KEY) == 60.0 and eval_seconds(t, KEY, 15000) == pytest.approx(15.0)
+    unscaled = _table(tmp_path, {32: 1.0}, eval_s=60.0)  # no eval_images: taken as it is
+    assert eval_seconds(unscaled, KEY, 15000) == 60.0
+
+
 def test_unknown_model_names_the_file_and_what_was_measured(tmp_path):
     t = _table(tmp_path, {32: 1.0})
     with pytest.raises(UserError, match=r"t\.csv: no throughput measured for small_cnn-w32@1x28x28 "
@@ -77,6 +98,8 @@ def test_unknown_model_names_the_file_and_what_was_measured(tmp_path):
     ("model_key,batch_size,images_per_second\nx,32,10\nx,32,11\n", r"t\.csv:3: x batch_size 32 appears twice"),
     ("model_key,batch_size,images_per_second\n,32,10\n", "model_key is empty"),
     ("model_key,batch_size,images_per_second,eval_seconds\nx,32,10,5\nx,64,11,6\n", "eval_seconds 6.0 differs"),
+    ("model_key,batch_size,images_per_second,eval_images\nx,32,10,500\nx,64,11,600\n", "eval_images 600 differs"),
+    ("model_key,batch_size,images_per_second,eval_images\nx,32,10,5e3\n", "eval_images: '5e3' is not a number"),
 ])
 def test_bad_tables_are_one_line_user_errors(tmp_path, body, match):
     (tmp_path / "t.csv").write_text(body)
@@ -126,6 +149,7 @@ def test_bench_write_produces_a_table_the_reader_takes(tmp_path, capsys):
     m = t.models[key]
     assert list(t.models) == [key] and m.batch_sizes == (8, 16)
     assert all(v > 0 for v in m.images_per_second) and m.eval_seconds > 0
+    assert m.eval_images == 60000 + 10000  # Fashion-MNIST's evaluation splits, timed on 128 and scaled
     assert (m.device, m.precision, m.method) == ("cpu:1threads", "fp32", "vicreg")
     assert min(m.images_per_second) <= images_per_second(t, key, 12) <= max(m.images_per_second)
     assert f"wrote {out} (2 rows)" in capsys.readouterr().out

@@ -33,3 +33,17 @@ PRETRAIN_SIZES: dict[str, int] = {
 def pretrain_size(name: str) -> int | None:
     """Images in ``name``'s pretraining split (before ``train_subset``), or None when not fixed."""
     return PRETRAIN_SIZES.get(name)
+
+
+# The evaluation's splits (probe/kNN ``train``, ``test``); eval.max_train_samples caps the first.
+EVAL_SIZES: dict[str, tuple[int, int]] = {
+    "fashion_mnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+    "stl10": (5000, 8000),
+}
+
+
+def eval_sizes(name: str) -> tuple[int, int] | None:
+    """Images in ``name``'s evaluation ``train`` and ``test`` splits, or None when not fixed."""
+    return EVAL_SIZES.get(name)

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import config as bconfig
-from ..data.sizes import pretrain_size
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..layout import PLAN_COLUMNS, PLAN_EXTRA_COLUMNS, StudyPaths, yaml_dump
+from .cost import CostModel, Estimate, dataset_size, gpu_hours
 from .spec import GROUPS, Sweep, expand
 
 # Grid keys that are plan.csv columns already (PLAN_COLUMNS); any other varied key gets its own column.
@@ -36,6 +36,7 @@ class Cell:
     run_id: str
     config: dict
     row: dict
+    estimate: Estimate | None = None  # GPU-hours and their sources, when the sweep has throughput
 
 
 class _View:
@@ -186,26 +187,6 @@ class _CanonicalJSON:
         return hashlib.sha256(self.encode(d).encode()).hexdigest()
 
 
-def dataset_size(cfg: dict) -> int | None:
-    """Images used for pretraining (to reject B > N and estimate cost): dataset.train_subset, else the
-    dataset's pretraining-split size; None for imagefolder, whose size is unknown until its files are read."""
-    ds = cfg["dataset"]
-    if ds.get("train_subset") is not None:
-        return int(ds["train_subset"])
-    return pretrain_size(ds["name"])
-
-
-def gpu_hours(cfg: dict, throughput: dict[str, float]) -> float | None:
-    """Estimated GPU-hours of a cell from images/s per GPU (``throughput[method]`` or ``default``)."""
-    method = cfg["method"]["name"]
-    ips = throughput.get(method, throughput.get("default"))
-    n = dataset_size(cfg)
-    if ips is None or n is None:
-        return None
-    # images/s is per GPU: W GPUs finish W times sooner but cost W GPUs, so GPU-hours do not depend on W.
-    return n * cfg["epochs"] / ips / 3600.0
-
-
 def plan_row(run_id: str, study: str, cfg: dict, config_hash: str) -> dict[str, Any]:
     """The ``PLAN_COLUMNS`` of one cell's plan.csv row, in order, from its resolved config."""
     row = {"run_id": run_id, "study": study, "method": cfg["method"]["name"], "batch_size": cfg["batch_size"],
@@ -218,6 +199,7 @@ def plan_row(run_id: str, study: str, cfg: dict, config_hash: str) -> dict[str, 
 def plan_cells(sweep: Sweep, results: Path) -> list[Cell]:
     """Expand, resolve and validate every cell (nothing written); duplicates collapse to one run."""
     planner = Planner(sweep.source)
+    cost = CostModel.from_throughput(sweep.throughput) if sweep.throughput else None  # a bad table: stop now
     runs_dir = str(StudyPaths(results / sweep.study).runs.resolve())
     varied = [k for k in sweep.grid if k not in _AXES]
     for r in sweep.include:
@@ -237,13 +219,21 @@ def plan_cells(sweep: Sweep, results: Path) -> list[Cell]:
             for p in k.split("."):
                 v = v.get(p) if isinstance(v, dict) else None  # a key of another method: blank
             row[k] = v
-        if sweep.throughput:
-            gh = gpu_hours(cfg, sweep.throughput)
-            row[_GPU_HOURS] = None if gh is None else round(gh, 4)
         cells[rid] = Cell(rid, cfg, row)
     if not cells:
         raise UserError(f"{sweep.source}: the grid is empty (every cell excluded?)")
-    return list(cells.values())
+    out = list(cells.values())
+    if cost is not None:
+        for c, e in zip(out, cost.estimate([c.config for c in out])):
+            c.row[_GPU_HOURS] = None if e.hours is None else float(f"{e.hours:.4g}")  # 4 significant digits
+            c.estimate = e
+    return out
+
+
+def gpu_hours_assumptions(cells: list[Cell]) -> list[str]:
+    """The lines saying what the cells' GPU-hour estimates assumed ([] without throughput)."""
+    est = [c.estimate for c in cells if c.estimate is not None]
+    return est[0].cost.assumptions(est) if est else []
 
 
 def config_text(cfg: dict) -> str:
@@ -338,7 +328,10 @@ def write_plan(sweep: Sweep, cells: list[Cell], results: Path) -> dict[str, int]
                 written["configs_new"] += 1
                 created.append(p)
             atomic_write_text(p, text)
-        for p, text in ((paths.plan, plan_csv_text(cells)), (paths.sweep, yaml_dump(sweep.to_dict()))):
+        stored, assumed = sweep.to_dict(), gpu_hours_assumptions(cells)
+        if assumed:  # submit --dry-run prints what plan.csv's gpu_hours assumed
+            stored["gpu_hours_assumptions"] = assumed
+        for p, text in ((paths.plan, plan_csv_text(cells)), (paths.sweep, yaml_dump(stored))):
             if not p.exists() or p.read_text() != text:
                 atomic_write_text(p, text)
     except BaseException:
@@ -350,6 +343,11 @@ def write_plan(sweep: Sweep, cells: list[Cell], results: Path) -> dict[str, int]
                 pass
         raise
     return written
+
+
+def _hours(h: float) -> str:
+    """GPU-hours for people: 83,512 / 27.8 / 0.0786."""
+    return f"{h:,.0f}" if h >= 100 else f"{h:.1f}" if h >= 1 else f"{h:.3g}"
 
 
 def plan_summary_table(cells: Iterable[Cell]) -> str:
@@ -368,16 +366,18 @@ def plan_summary_table(cells: Iterable[Cell]) -> str:
                      + f" {sum(count[(m, b)] for b in bss):>7}")
     lines.append(f"{'total':<{w}} " + " ".join(f"{sum(count[(m, b)] for m in methods):>6}" for b in bss)
                  + f" {len(cells):>7}")
-    gh = [c.row.get(_GPU_HOURS) for c in cells]
-    if any(g is not None and g != "" for g in gh):
-        known = [g for g in gh if isinstance(g, (int, float))]
-        per = {m: sum(c.row[_GPU_HOURS] for c in cells if c.row["method"] == m
-                      and isinstance(c.row.get(_GPU_HOURS), (int, float))) for m in methods}
-        extra = "" if len(known) == len(gh) else f" ({len(gh) - len(known)} cells without an estimate)"
-        lines.append(f"estimated GPU-hours: {sum(known):.1f}{extra} = "
-                     + ", ".join(f"{m} {per[m]:.1f}" for m in methods))
+    est = [c.estimate for c in cells if c.estimate is not None]
+    if est:
+        known = [e for e in est if e.hours is not None]
+        per = {m: sum(c.estimate.hours for c in cells if c.row["method"] == m and c.estimate is not None
+                      and c.estimate.hours is not None) for m in methods}
+        extra = "" if len(known) == len(cells) else f", {len(cells) - len(known)} cells without an estimate"
+        lines.append(f"estimated GPU-hours: {_hours(sum(e.hours for e in known))} (evaluation "
+                     f"{_hours(sum(e.eval_hours for e in known))} of it{extra}) = "
+                     + ", ".join(f"{m} {_hours(per[m])}" for m in methods))
+        lines += gpu_hours_assumptions(cells)
     return "\n".join(lines)
 
 
 __all__ = ["Cell", "Planner", "PlanDiff", "check_no_shrink", "previous_run_ids", "plan_cells", "plan_row", "write_plan", "plan_summary_table", "config_text",
-           "dataset_size", "gpu_hours"]
+           "dataset_size", "gpu_hours", "gpu_hours_assumptions"]

@@ -9,7 +9,8 @@ Schema (docs/sweep.md)::
     include: [{method: vicreg, batch_size: 8, epochs: 2, seed: 0}]  # extra cells (base + these keys)
     per_method: {simclr: {method.projector.hidden_dim: 64, slurm: {mem_gb: 8}}}
     slurm: {partition: gpu, gpus_per_node: 1, cpus_per_task: 8, mem_gb: 32, timeout_min: 600, ...}
-    throughput: {simclr: 9000, default: 8000}   # images/s per GPU, for GPU-hour estimates
+    throughput: {table: results/throughput.csv}   # GPU-hour estimates from a measured table, and/or
+    throughput: {simclr: 9000, default: 8000}      #   images/s per GPU per method (same at every B)
 
 Keys inside base/grid/include/per_method are config keys: nested mappings are flattened to dotted keys
 (``model: {width: 8}`` == ``model.width: 8``); a plain string at a config-group key (``method``,
@@ -32,7 +33,8 @@ from ..layout import yaml_load_file
 
 GROUPS = CONF_GROUPS  # keys whose string value selects a config-group option
 TOP_KEYS = ("study", "base", "grid", "exclude", "include", "per_method", "slurm", "throughput", "report",
-            "slurm_overrides")
+            "slurm_overrides", "gpu_hours_assumptions")
+THROUGHPUT_TABLE = "table"  # throughput key naming a bench_train_throughput.py --write table
 # Resources the planner passes to submitit (slurm_* prefixed unless generic); docs/sweep.md.
 SLURM_KEYS = (
     "partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
@@ -56,13 +58,17 @@ class Sweep:
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
     slurm: dict[str, Any] = field(default_factory=dict)
     per_method_slurm: dict[str, dict[str, Any]] = field(default_factory=dict)
-    throughput: dict[str, float] = field(default_factory=dict)
+    # {"table": absolute path} and/or method (or "default") -> images/s per GPU; docs/sweep.md
+    throughput: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)  # read by `bsstudy report` from sweep.yaml, not here
     # ``slurm.KEY=VALUE`` given on plan command lines, in order; plan keeps them for the next plan
     slurm_overrides: list[str] = field(default_factory=list)
+    # what the last plan assumed for plan.csv's gpu_hours (written by plan into sweep.yaml; submit prints it)
+    gpu_hours_assumptions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        """Plain dict in the file schema (what plan stores as results/<study>/sweep.yaml)."""
+        """Plain dict in the file schema (what plan stores as results/<study>/sweep.yaml, adding
+        ``gpu_hours_assumptions`` from its cells)."""
         pm = {m: dict(v) for m, v in self.per_method.items()}
         for m, s in self.per_method_slurm.items():
             pm.setdefault(m, {})["slurm"] = dict(s)
@@ -289,18 +295,38 @@ def load_sweep(path: Path | str, overrides: list[str] = ()) -> Sweep:
             per_method_slurm[m] = _check_slurm(ov.pop("slurm"), f"per_method.{m}.slurm", src)
         per_method[m] = flatten(ov, "", src)
     slurm = _check_slurm(data.get("slurm") or {}, "slurm", src)
-    tp = data.get("throughput") or {}
-    if not isinstance(tp, dict):
-        raise UserError(f"{src}: throughput: must be a mapping method -> images/s")
-    for k, v in tp.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise UserError(f"{src}: throughput.{k}: must be a positive number of images/s, got {v!r}")
+    tp = _check_throughput(data.get("throughput") or {}, src)
+    assumed = data.get("gpu_hours_assumptions") or []
+    if not isinstance(assumed, list) or not all(isinstance(x, str) for x in assumed):
+        raise UserError(f"{src}: gpu_hours_assumptions: must be a list of lines (plan writes it)")
     report = data.get("report") or {}
     if not isinstance(report, dict):
         raise UserError(f"{src}: report: must be a mapping (e.g. {{reference_batch_size: 256}}); "
                         "its keys are checked by `bsstudy report`")
     return Sweep(src, study, base, grid, rules["exclude"], rules["include"], per_method, slurm,
-                 per_method_slurm, {k: float(v) for k, v in tp.items()}, report, slurm_overrides)
+                 per_method_slurm, tp, report, slurm_overrides, assumed)
+
+
+def _check_throughput(tp: Any, src: str) -> dict[str, Any]:
+    """The ``throughput`` block: ``table: FILE`` (relative to the current directory, stored absolute, so the
+    copy plan keeps in results/<study>/sweep.yaml still names it) and/or method -> images/s per GPU; a key
+    set to null is left out."""
+    if not isinstance(tp, dict):
+        raise UserError(f"{src}: throughput: must be a mapping ({THROUGHPUT_TABLE}: FILE and/or method -> images/s)")
+    out: dict[str, Any] = {}
+    for k, v in tp.items():
+        if v is None:  # `throughput.KEY=null` on the command line drops a key of the file
+            continue
+        if k == THROUGHPUT_TABLE:
+            if not isinstance(v, str) or not v.strip():
+                raise UserError(f"{src}: throughput.{k}: must be the path of a bench_train_throughput.py --write "
+                                f"table, got {v!r}")
+            out[k] = str(Path(v.strip()).expanduser().absolute())
+        elif not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+            raise UserError(f"{src}: throughput.{k}: must be a positive number of images/s, got {v!r}")
+        else:
+            out[k] = float(v)
+    return out
 
 
 def override_key(override: str) -> str:

@@ -226,12 +226,14 @@ def _submit_locked(study_dir: Path, sweep: Sweep, cluster: str, retry_failed: bo
                                    [int(m[0][1]["array_parallelism"]) for m in members_of], study_cap)
     if dry_run:
         if cluster == "slurm":
-            return _preview_slurm(paths, study, members_of, arrays, study_cap, out)
+            return _preview_slurm(paths, study, members_of, arrays, study_cap, out, sweep.gpu_hours_assumptions)
         for members in members_of:
             r = members[0][1]
             print(f"  {len(members)} cell(s): " + " ".join(f"{k}={v}" for k, v in sorted(r.items())), file=out)
             for s, _ in members:
                 print(f"    {s.run_id}  ({s.state})", file=out)
+        for line in sweep.gpu_hours_assumptions:  # what plan.csv's gpu_hours assumed (written by plan)
+            print(line, file=out)
         return 0
     import submitit
 
@@ -301,7 +303,8 @@ def _submission_order(arrays: list[tuple[int, int | None]]) -> list[int]:
     return order
 
 
-def _preview_slurm(paths: StudyPaths, study: str, members_of: list, arrays: list, study_cap: int, out) -> int:
+def _preview_slurm(paths: StudyPaths, study: str, members_of: list, arrays: list, study_cap: int, out,
+                   assumptions: list[str] = ()) -> int:
     """``submit --dry-run --cluster slurm``: each array's job script exactly as sbatch would get it
     (submitit's own script builder, same parameters as a real submit), its cells and its GPU-hours."""
     from submitit.slurm.slurm import _make_sbatch_string
@@ -339,6 +342,8 @@ def _preview_slurm(paths: StudyPaths, study: str, members_of: list, arrays: list
           f"task(s) at once (slurm.array_parallelism, per study); "
           + (f"estimated {total_est:.3g} GPU-h, " if any_est else "")
           + f"at most {total_max:.2f} GPU-h by the time limits", file=out)
+    for line in assumptions:  # what plan.csv's gpu_hours assumed (written by plan into sweep.yaml)
+        print(line, file=out)
     return 0
 
 
