@@ -431,3 +431,18 @@ def test_few_shot_metrics_enter_every_table_with_their_label(tmp_path):
         A.read_settings(sweep)
     with pytest.raises(UserError, match="report.metric: no run has"):
         A.compute(runs.drop(columns=["few_shot.10.top1"]), A.Settings(metric="few_shot.10.top1"))
+
+
+def test_a_compared_pair_still_running_is_named_not_an_error():
+    """A study in progress: a compared method is planned but has no finished run yet."""
+    from bsstudy.report import analysis as A
+    runs = planted(np.random.default_rng(2), 3, {"vicreg": -1.0})
+    s = A.Settings(compare=(("vicreg_unbiased", "vicreg"),))
+    with pytest.raises(UserError, match="vicreg_unbiased did not run"):
+        A.compute(runs, s)
+    a = A.compute(runs, s, planned={"vicreg", "vicreg_unbiased"})
+    assert a.waiting == (("vicreg_unbiased", "vicreg"),) and not len(a.method_contrasts)
+    text = " ".join(getattr(b, "text", "") for b in A.sections(a))
+    assert "Not compared yet" in text and "vicreg_unbiased − vicreg" in text
+    with pytest.raises(UserError, match="swav"):                      # not in the plan: still an error
+        A.compute(runs, A.Settings(compare=(("swav", "vicreg"),)), planned={"vicreg", "vicreg_unbiased"})

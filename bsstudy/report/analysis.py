@@ -9,7 +9,7 @@ blocks). The Reading (:mod:`.reading`) draws its claims from the same :class:`An
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pandas as pd
 from ..errors import UserError
 from ..io import atomic_write_text
 from ..layout import yaml_load_file
+from ..registry import split_label
 from . import stats as S
 from .render import H, P, Table
 from .tables import ACCURACY, FEW_SHOT, accuracy_columns, metric_label, to_csv, to_markdown
@@ -78,6 +79,7 @@ class Analysis:
     power: pd.DataFrame                # stats.power_table; empty with ``power_note`` saying why
     power_note: str = ""
     mde: dict = field(default_factory=dict)   # metric -> minimum detectable slope (points per doubling)
+    waiting: tuple = ()                # compared pairs left out: planned, but a method has no finished run yet
     display: dict = field(default_factory=dict, repr=False)   # display_tables' cache
 
 
@@ -93,17 +95,26 @@ def display_tables(a: Analysis) -> dict[str, pd.DataFrame]:
     return a.display
 
 
-def compute(runs: pd.DataFrame, settings: Settings = Settings(), where: str = "sweep.yaml") -> Analysis:
+def compute(runs: pd.DataFrame, settings: Settings = Settings(), where: str = "sweep.yaml",
+            planned: set[str] | None = None) -> Analysis:
     """Run :mod:`.stats` on the per-run table with ``settings``; a setting that does not fit the study
-    (a reference B not in the grid, a compared method that did not run) is a UserError naming ``where``."""
+    (a reference B not in the grid, a compared method that did not run) is a UserError naming ``where``.
+    ``planned``: the methods of the study's plan; a compared pair with a planned method that has no
+    finished run yet (a study in progress) is left out and named in the report instead."""
     with np.errstate(divide="ignore", invalid="ignore"):  # a fit without residual df: its CI is NaN, no warning
-        return _compute(runs, settings, where)
+        return _compute(runs, settings, where, planned)
 
 
-def _compute(runs: pd.DataFrame, settings: Settings, where: str) -> Analysis:
+def _compute(runs: pd.DataFrame, settings: Settings, where: str, planned: set[str] | None = None) -> Analysis:
     if settings.metric is not None and settings.metric not in runs.columns:
         raise UserError(f"{where}: report.metric: no run has {settings.metric!r} (is eval.few_shot set?)")
     long = S.long_table(runs, tuple(accuracy_columns(runs)))
+    waiting: tuple = ()
+    if settings.compare is not None and planned is not None:
+        done = set(long["method"]) if len(long) else set()
+        waiting = tuple(p for p in settings.compare if not set(p) <= done
+                        and all(m in done or split_label(m)[0] in planned for m in p))
+        settings = replace(settings, compare=tuple(p for p in settings.compare if p not in waiting))
     try:
         sens = S.sensitivity(runs, long=long)
         con = S.contrasts(runs, settings.reference_batch_size, long=long)
@@ -118,7 +129,7 @@ def _compute(runs: pd.DataFrame, settings: Settings, where: str) -> Analysis:
         power, note = pd.DataFrame(), str(exc)
     mde = {r["metric"]: float(r["mde_pts"]) for _, r in power.iterrows() if r["quantity"] == "slope"} \
         if len(power) else {}
-    return Analysis(settings, sens, con, mc, drop, power, note, mde)
+    return Analysis(settings, sens, con, mc, drop, power, note, mde, waiting=waiting)
 
 
 def write_tables(a: Analysis, out: Path, formats=("md",)) -> None:
@@ -302,6 +313,9 @@ def sections(a: Analysis) -> list:
               "(`top1 ~ C(method × seed) + method:log2 B`), then a − b at each batch size "
               f"(Bonferroni-simultaneous {pct} CIs). `method_contrasts.csv` has every column."),
             Table(pairs) if len(pairs) else P("No pair of compared methods ran on common seeds.")]
+    if a.waiting:
+        doc.append(P("Not compared yet (planned, but a method has no finished run): "
+                     + "; ".join(f"{x} − {y}" for x, y in a.waiting) + "."))
     if len(a.drop):
         doc += [H(2, "Relative drop with its interval"),
                 P("The seed papers' number: the largest relative drop from the best batch size (cell means), with "

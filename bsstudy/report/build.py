@@ -354,7 +354,7 @@ def _analysis(study: Study, out: Path, formats) -> "A.Analysis":
     """The seed-blocked statistics (bsstudy.report.analysis) with the sweep file's ``report:`` settings,
     written next to the other tables."""
     sweep = StudyPaths(study.root).sweep
-    stat = A.compute(study.runs, A.read_settings(sweep), str(sweep))
+    stat = A.compute(study.runs, A.read_settings(sweep), str(sweep), planned=set(study.plan["method"].astype(str)))
     A.write_tables(stat, out, formats)
     return stat
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 import pandas as pd
 
+from .analysis import SETTING_KEYS
 from ..errors import UserError
 from ..layout import (RESULT_FILE, RESULT_STATUSES, Status, StudyPaths, read_config_block, read_result,
                       result_error_line, yaml_load, yaml_load_file)
@@ -23,7 +24,7 @@ REQUIRED = ("status", "method", "batch_size", "epochs", "seed")
 # study and what it is called, for its BibTeX entry. Each value is text; author may be a list of names.
 REPORT_META_KEYS = ("author", "title", "year")
 # the statistics' settings of the same block (read and checked by bsstudy.report.analysis)
-REPORT_ANALYSIS_KEYS = ("reference_batch_size", "compare")
+REPORT_ANALYSIS_KEYS = SETTING_KEYS
 # The config.yaml blocks the report reads from every run (variants, and the Setup section: everything a
 # reader needs to reproduce a cell); each is parsed once per distinct text (read_config_block).
 SETUP_BLOCKS = ("method", "dataset", "model", "optim", "eval")
