@@ -22,18 +22,21 @@ import pandas as pd
 from bsstudy.layout import yaml_load_file
 from bsstudy.registry import bias_refusal, method_spec
 
-# the objective of each trained network, and the estimator it is compared with on the same network
-PAIRS = {"vicreg": "vicreg_unbiased", "vicreg_unbiased": "vicreg", "barlow_twins": "barlow_twins_unbiased",
-         "barlow_twins_unbiased": "barlow_twins"}
-
-
 def _net_overrides(config: dict) -> list[str]:
-    """The study network's keys (from a run's config.yaml) for a random-init measurement."""
-    m, p = config["model"], config["method"]["projector"]
-    return [f"model.width={m['width']}", f"model.feature_dim={m['feature_dim']}",
-            f"method.projector.hidden_dim={p['hidden_dim']}", f"method.projector.out_dim={p['out_dim']}",
-            f"dataset.train_subset={config['dataset']['train_subset']}", "device=cpu", "precision=fp32",
-            "channels_last=false"]
+    """A run's network and loss (from its config.yaml) as overrides, for a random-init measurement of the
+    same architecture: model width/features, and every method.projector / predictor / loss value."""
+    def text(v) -> str:
+        return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    m, meth = config["model"], config["method"]
+    out = [f"method={meth['name']}", f"model.width={m['width']}", f"model.feature_dim={m['feature_dim']}",
+           f"dataset.train_subset={config['dataset']['train_subset']}", "device=cpu", "precision=fp32",
+           "channels_last=false"]
+    for block in ("projector", "predictor", "loss"):
+        for k, v in (meth.get(block) or {}).items():
+            if not isinstance(v, (dict, list)):
+                out.append(f"method.{block}.{k}={text(v)}")
+    return out
 
 
 def _measure(out: Path, objectives: list[str], extra: list[str], args: argparse.Namespace) -> Path:
@@ -65,18 +68,19 @@ def main(argv: list[str]) -> int:
     if not trained:
         raise SystemExit(f"study_bias: no stateless method has a B={args.run_b}, {args.run_epochs}-epoch, "
                          f"seed-{args.seed} cell in {study / 'plan.csv'}")
-    first = study / "runs" / next(iter(trained.values()))
     parts = []
-    csv = _measure(study / "bias" / "untrained", sorted(trained), _net_overrides(yaml_load_file(first / "config.yaml")), args)
-    parts.append(pd.read_csv(csv).assign(network="untrained"))
     for method, rid in sorted(trained.items()):
+        title = method_spec(method).title or method
+        # the untrained network of that cell (seed --seed, its projector), then the same cell trained
+        config = yaml_load_file(study / "runs" / rid / "config.yaml")
+        csv = _measure(study / "bias" / f"untrained-{method}", [method], _net_overrides(config), args)
+        parts.append(pd.read_csv(csv).assign(network="untrained"))
         ckpt = study / "runs" / rid / "checkpoints" / "last.pt"
         if not (study / "bias" / rid / "bias.csv").is_file() and not ckpt.is_file():
             print(f"study_bias: {rid}: no checkpoint yet (skipped)")
             continue
-        objectives = [method] + ([PAIRS[method]] if method in PAIRS else [])
-        csv = _measure(study / "bias" / rid, objectives, ["--checkpoint", str(ckpt), "device=cpu"], args)
-        parts.append(pd.read_csv(csv).assign(network=f"trained {method_spec(method).title or method}"))
+        csv = _measure(study / "bias" / rid, [method], ["--checkpoint", str(ckpt), "device=cpu"], args)
+        parts.append(pd.read_csv(csv).assign(network=f"trained {title} (B={args.run_b}, {args.run_epochs} ep)"))
     merged = pd.concat(parts, ignore_index=True)
     merged["label"] = merged["label"].astype(str) + " · " + merged["network"]
     merged.to_csv(study / "bias" / "bias.csv", index=False, float_format="%.6g", lineterminator="\n")
