@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from bsstudy.layout import yaml_load_file
-from bsstudy.registry import bias_refusal, method_spec
+from bsstudy.registry import bias_refusal
 
 def _net_overrides(config: dict) -> list[str]:
     """A run's network and loss (from its config.yaml) as overrides, for a random-init measurement of the
@@ -70,7 +70,6 @@ def main(argv: list[str]) -> int:
                          f"seed-{args.seed} cell in {study / 'plan.csv'}")
     parts = []
     for method, rid in sorted(trained.items()):
-        title = method_spec(method).title or method
         # the untrained network of that cell (seed --seed, its projector), then the same cell trained
         config = yaml_load_file(study / "runs" / rid / "config.yaml")
         csv = _measure(study / "bias" / f"untrained-{method}", [method], _net_overrides(config), args)
@@ -80,7 +79,7 @@ def main(argv: list[str]) -> int:
             print(f"study_bias: {rid}: no checkpoint yet (skipped)")
             continue
         csv = _measure(study / "bias" / rid, [method], ["--checkpoint", str(ckpt), "device=cpu"], args)
-        parts.append(pd.read_csv(csv).assign(network=f"trained {title} (B={args.run_b}, {args.run_epochs} ep)"))
+        parts.append(pd.read_csv(csv).assign(network=f"trained B={args.run_b} {args.run_epochs} ep"))
     merged = pd.concat(parts, ignore_index=True)
     merged["label"] = merged["label"].astype(str) + " · " + merged["network"]
     merged.to_csv(study / "bias" / "bias.csv", index=False, float_format="%.6g", lineterminator="\n")
