@@ -394,7 +394,7 @@ def test_report_is_written_as_one_unit_and_a_failure_keeps_the_previous_one(smal
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(B, "to_html", full_disk)  # fails after report.md and the tables were written
+    monkeypatch.setattr(B, "embed_images", full_disk)  # fails after report.md and the tables were written
     with pytest.raises(OSError, match="No space left"):
         build_report(small, out, log=lambda *a: None)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}

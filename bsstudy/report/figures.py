@@ -412,7 +412,7 @@ def report_figures(summary: pd.DataFrame, drop: pd.DataFrame, base: pd.DataFrame
     from .stats import long_table
 
     specs = []
-    seeds = long_table(runs) if analysis is not None else None
+    seeds = None if analysis is None else analysis.long if analysis.long is not None else long_table(runs)
     fits = analysis.sensitivity if analysis is not None else None
     for column, label in ACCURACY.items():
         if np.isfinite(summary[f"{column}_mean"]).any():
