@@ -24,12 +24,12 @@ import matplotlib.backends.backend_pdf  # noqa: E402,F401  (fontTools, ~0.1 s: i
 from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from ..registry import METHODS, split_label  # noqa: E402
+from ..registry import PALETTE as REGISTRY_PALETTE  # noqa: E402
 from .references import REFERENCES  # noqa: E402
 from .tables import ACCURACY, baseline_level, epochs_text  # noqa: E402
 
-# seaborn "colorblind"
-PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
-           "#56b4e9"]
+PALETTE = list(REGISTRY_PALETTE)  # seaborn "colorblind", owned per method by the registry (MethodSpec.color)
 DPI = 100
 # published reference curves: dark, dashed, own markers (never confused with our methods' colours)
 REF_STYLE = [("#222222", "s"), ("#8c564b", "^"), ("#7f7f7f", "D"), ("#555555", "v")]
@@ -42,9 +42,58 @@ def ref_style(label: str) -> tuple[str, str]:
     return REF_STYLE[i % len(REF_STYLE)]
 
 
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def _lighter(color: str, f: float) -> str:
+    """``color`` (#rrggbb) blended a fraction ``f`` towards white."""
+    rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c + (255 - c) * f):02x}" for c in rgb)
+
+
+def _variant_index(name: str, variant_text: str) -> int:
+    """A variant's place among its method's registered choices (mixed radix over ``variant_params``, in
+    the order of each parameter's ``choices``; a value outside them counts as the last choice): 0 for the
+    plain method and the first choices. Fixed by the registry, so the same variant gets the same style in
+    every study."""
+    spec = METHODS.get(name)
+    if spec is None or not variant_text:
+        return 0
+    i = 0
+    for p, v in zip(spec.variant_params, variant_text.split(",")):
+        ch = tuple(spec.choices.get(p, ())) or (v,)
+        i = i * len(ch) + (ch.index(v) if v in ch else len(ch) - 1)
+    return i
+
+
+def method_style(label: str) -> tuple[str, str]:
+    """(colour, line style) of method label ``label`` in every figure of every study: the registry's
+    ``MethodSpec.color``; a variant (``name[v1,v2]``) keeps its method's colour with its own line style,
+    lighter after every four variants (vicreg_unbiased's 10 registered variants: 10 distinct styles).
+    Unregistered methods: (None, "-"); :func:`colors` gives them one."""
+    name, var = split_label(label)
+    spec = METHODS.get(name)
+    if spec is None:
+        return None, "-"
+    i = _variant_index(name, var)
+    shade = min(0.6, 0.3 * (i // len(LINESTYLES)))
+    return (_lighter(spec.color, shade) if shade else spec.color), LINESTYLES[i % len(LINESTYLES)]
+
+
 def colors(methods) -> dict:
-    """A stable colour per method label (sorted order)."""
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(sorted(methods))}
+    """{method label: colour}: each registered method's fixed colour (:func:`method_style`), whatever
+    other methods the study has; labels the registry does not know get palette colours in sorted order
+    (stable only within a study)."""
+    out = {m: method_style(m)[0] for m in methods}
+    unknown = sorted(m for m, c in out.items() if c is None)
+    free = [c for c in PALETTE if c not in out.values()] or PALETTE  # not a colour a registered one shows here
+    out.update({m: free[i % len(free)] for i, m in enumerate(unknown)})
+    return out
+
+
+def linestyles(methods) -> dict:
+    """{method label: line style}: "-" for a plain method, its own style for each variant (:func:`method_style`)."""
+    return {m: method_style(m)[1] for m in methods}
 
 
 def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
@@ -90,7 +139,7 @@ def _lines_with_bands(ax, s: pd.DataFrame, column: str, col: dict, scale: float 
         g = g.sort_values("batch_size")
         x = g["batch_size"].to_numpy()
         y, ci = scale * g[f"{column}_mean"].to_numpy(), scale * g[f"{column}_ci95"].to_numpy()
-        ax.plot(x, y, marker="o", color=col[method], label=method)
+        ax.plot(x, y, marker="o", color=col[method], linestyle=method_style(method)[1], label=method)
         ok = np.isfinite(ci)
         if ok.any():
             ax.fill_between(x[ok], (y - ci)[ok], (y + ci)[ok], color=col[method], alpha=0.2, linewidth=0)
@@ -113,11 +162,13 @@ def _seed_lines(ax, seeds: pd.DataFrame, fits: pd.DataFrame, col: dict) -> None:
         slope = float(r["slope_pts_per_doubling"].iloc[0]) if len(r) else math.nan
         if np.isfinite(slope):
             level = float((g["y"] - slope * np.log2(g["batch_size"])).mean())
-            ax.plot(bs, level + slope * np.log2(bs), color=col[method], linewidth=2.2,
+            ax.plot(bs, level + slope * np.log2(bs), color=col[method], linestyle=method_style(method)[1],
+                    linewidth=2.2,
                     label=f"{method} ({slope:+.2f} pts/doubling)")
         else:
             means = g.groupby("batch_size")["y"].mean()
-            ax.plot(means.index, means.to_numpy(), color=col[method], linewidth=2.2, marker="o", label=method)
+            ax.plot(means.index, means.to_numpy(), color=col[method], linestyle=method_style(method)[1], linewidth=2.2,
+                    marker="o", label=method)
 
 
 def fig_accuracy(summary: pd.DataFrame, column: str = "linear_top1", references: bool = True,
@@ -223,7 +274,9 @@ def fig_relative_drop(drop: pd.DataFrame, column: str = "linear_top1") -> Figure
         ours = ours[ours["epochs"] == e]
         col = colors(ours["method"].unique())
         for method, g in ours.groupby("method", sort=True):
-            ax.plot(g["batch_size"], g["rel_drop_pct"], marker="o", color=col[method], label=f"{method} (ours, {e} ep)")
+            ax.plot(g["batch_size"], g["rel_drop_pct"], marker="o", color=col[method],
+                    linestyle=method_style(method)[1],
+                    label=f"{method} (ours, {e} ep)")
     refs = drop[drop["source"] == "reference"]
     for method, g in refs.groupby("method", sort=True):
         c, mk = ref_style(method)
