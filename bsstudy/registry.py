@@ -14,6 +14,11 @@ from typing import Any, Mapping
 from .errors import UserError
 
 
+# seaborn's "colorblind" palette; each registered method owns one, in registry order (MethodSpec.color)
+PALETTE = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
+           "#56b4e9")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """Registry entry of one method."""
@@ -29,6 +34,8 @@ class MethodSpec:
     # the method whose plug-in (minibatch) estimate this one makes unbiased: the report's reading
     # compares the two methods' batch-size dependence
     unbiased_of: str | None = None
+    # the method's colour in every figure of every study (its variants: this colour, other line styles/shades)
+    color: str = "#333333"
     # What the trainer gives the objective besides z1, z2 (each built once, in bsstudy/train/):
     needs_predictor: bool = False      # a predictor head on the projector: p1, p2 (models.build_predictor)
     needs_target: bool = False         # a momentum (EMA) copy of backbone+projector: t1, t2 (train/target.py)
@@ -47,28 +54,30 @@ class MethodSpec:
 
 
 METHODS: dict[str, MethodSpec] = {
-    "simclr": MethodSpec("simclr", family="contrastive", title="SimCLR"),
-    "vicreg": MethodSpec("vicreg", family="covariance", title="VICReg"),
+    "simclr": MethodSpec("simclr", color=PALETTE[0], family="contrastive", title="SimCLR"),
+    "vicreg": MethodSpec("vicreg", color=PALETTE[1], family="covariance", title="VICReg"),
     # U-statistics of 4-tuples need n >= 4 rows (shared/ESTIMATORS.md)
     "vicreg_unbiased": MethodSpec(
-        "vicreg_unbiased", family="covariance", min_rows=4,
+        "vicreg_unbiased", color=PALETTE[2], family="covariance", min_rows=4,
         choices={"variance": ("jackknife", "jackknife_ema_gate", "ema", "c4", "plugin"),
                  "cov_target": ("identity", "offdiag")},
         variant_params=("variance", "cov_target"), title="unbiased VICReg", unbiased_of="vicreg"),
     # stateful / predictor methods (bsstudy/objectives/stateful.py)
-    "simsiam": MethodSpec("simsiam", family="predictor", title="SimSiam", needs_predictor=True),
-    "byol": MethodSpec("byol", family="predictor", title="BYOL", needs_predictor=True, needs_target=True),
-    "mocov2": MethodSpec("mocov2", family="queue", title="MoCo v2", needs_target=True, needs_queue=True),
-    "sogclr": MethodSpec("sogclr", family="contrastive", title="SogCLR", needs_indices=True),
-    "barlow_twins": MethodSpec("barlow_twins", family="covariance", title="Barlow Twins"),
+    "simsiam": MethodSpec("simsiam", color=PALETTE[3], family="predictor", title="SimSiam", needs_predictor=True),
+    "byol": MethodSpec("byol", color=PALETTE[4], family="predictor", title="BYOL", needs_predictor=True,
+                       needs_target=True),
+    "mocov2": MethodSpec("mocov2", color=PALETTE[5], family="queue", title="MoCo v2", needs_target=True,
+                         needs_queue=True),
+    "sogclr": MethodSpec("sogclr", color=PALETTE[6], family="contrastive", title="SogCLR", needs_indices=True),
+    "barlow_twins": MethodSpec("barlow_twins", color=PALETTE[7], family="covariance", title="Barlow Twins"),
     # U-statistics of 4-tuples need n >= 4 rows; on_diagonal=plugin is the ablation of the jackknife
     "barlow_twins_unbiased": MethodSpec(
-        "barlow_twins_unbiased", family="covariance", min_rows=4,
-        choices={"on_diagonal": ("jackknife", "plugin")}, variant_params=("on_diagonal",), title="unbiased Barlow Twins",
-        unbiased_of="barlow_twins"),
+        "barlow_twins_unbiased", color=PALETTE[8], family="covariance", min_rows=4,
+        choices={"on_diagonal": ("jackknife", "plugin")}, variant_params=("on_diagonal",),
+        title="unbiased Barlow Twins", unbiased_of="barlow_twins"),
     # weighting=vmf is DCLW (the paper's weighted variant)
-    "dcl": MethodSpec("dcl", family="contrastive", title="DCL", choices={"weighting": ("none", "vmf")},
-                      variant_params=("weighting",)),
+    "dcl": MethodSpec("dcl", color=PALETTE[9], family="contrastive", title="DCL",
+                      choices={"weighting": ("none", "vmf")}, variant_params=("weighting",)),
 }
 
 
@@ -128,5 +137,5 @@ def split_label(label: str) -> tuple[str, str]:
     return label, ""
 
 
-__all__ = ["MethodSpec", "METHODS", "method_names", "method_spec", "variance_schemes", "variant", "method_label",
-           "split_label", "bias_refusal"]
+__all__ = ["MethodSpec", "METHODS", "PALETTE", "method_names", "method_spec", "variance_schemes", "variant",
+           "method_label", "split_label", "bias_refusal"]

@@ -394,7 +394,7 @@ def test_report_is_written_as_one_unit_and_a_failure_keeps_the_previous_one(smal
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(B, "to_html", full_disk)  # fails after report.md and the tables were written
+    monkeypatch.setattr(B, "embed_images", full_disk)  # fails after report.md and the tables were written
     with pytest.raises(OSError, match="No space left"):
         build_report(small, out, log=lambda *a: None)
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -797,3 +797,73 @@ def test_reproducible_report_is_a_function_of_the_runs_only(small, tmp_path, mon
     assert set(prov["hardware"]) == {"run_devices"}
     c = build_report(root, tmp_path / "c", log=lambda *x: None)                 # default: the checkout's state
     assert json.loads((c / "provenance.json").read_text())["git_commit"] == "f" * 40
+
+
+def _line_styles(fig) -> dict:
+    """{legend label: (colour, line style)} of the labelled lines of every panel of ``fig``."""
+    from matplotlib.colors import to_hex
+
+    return {ln.get_label(): (to_hex(ln.get_color()), ln.get_linestyle()) for ax in fig.axes for ln in ax.get_lines()
+            if not ln.get_label().startswith("_")}
+
+
+def test_a_method_has_the_same_colour_in_studies_with_different_method_sets(tmp_path):
+    """Colours come from the registry, not from the sorted order of the methods present: vicreg_unbiased
+    is 2nd of 2 in one study and 3rd of 3 in the other, and has its registry colour in both."""
+    from bsstudy.registry import METHODS
+
+    seen = {}
+    for methods in (("simclr", "vicreg_unbiased"), ("dcl", "vicreg", "vicreg_unbiased")):
+        root = tmp_path / "results" / "_".join(methods)
+        write_study(root, methods, (64, 256), (1,), (0, 1))
+        summary = summarize_cells(load_study(root).runs)
+        for fig in (F.fig_accuracy(summary, "linear_top1", references=False), F.fig_collapse(summary)):
+            for label, (colour, style) in _line_styles(fig).items():
+                if label in methods:
+                    seen.setdefault(label, set()).add((colour, style))
+    assert seen["vicreg_unbiased"] == {(METHODS["vicreg_unbiased"].color, "-")}
+    assert seen["simclr"] == {(METHODS["simclr"].color, "-")} and seen["dcl"] == {(METHODS["dcl"].color, "-")}
+
+
+def test_every_registered_method_has_its_own_colour_and_is_named_by_its_title(tmp_path):
+    """All ten registered methods in one study: ten distinct palette colours in registry order, each
+    method's lines in its colour under its label, and the question names each by its MethodSpec.title."""
+    from bsstudy.registry import METHODS, PALETTE
+    from bsstudy.report.reading import question
+
+    assert [s.color for s in METHODS.values()] == list(PALETTE)[:len(METHODS)] and len(METHODS) <= len(PALETTE)
+    root = tmp_path / "results" / "all"
+    write_study(root, tuple(METHODS), (64, 256), (1,), (0, 1))
+    st = load_study(root)
+    summary = summarize_cells(st.runs)
+    styles = _line_styles(F.fig_accuracy(summary, "linear_top1", references=False))
+    assert styles == {m: (s.color, "-") for m, s in METHODS.items()}
+    drop = _line_styles(F.fig_relative_drop(relative_drop(summary)))
+    assert {k.split(" (ours")[0]: v for k, v in drop.items() if "(ours" in k} == styles
+    q = question(st.runs["method_label"].unique())
+    for s in METHODS.values():
+        assert re.search(rf"(^|[ ,(]){re.escape(s.title)}([ ,?'.]|$)", q), s.title
+    assert "Does unbiased VICReg remove VICReg's batch-size dependence?" in q
+    assert "Does unbiased Barlow Twins remove Barlow Twins's batch-size dependence?" in q
+
+
+def test_variants_keep_their_methods_colour_with_their_own_line_style(tmp_path):
+    from bsstudy.registry import METHODS
+
+    root = tmp_path / "results" / "var"
+    syn = write_study(root, ("vicreg", "vicreg_unbiased"), (64, 256), (1,), (0, 1, 2, 3))
+    for (m, b, e, s), rid in syn.run_ids.items():
+        if m == "vicreg_unbiased" and s >= 2:  # the same cells with another variance scheme
+            p = root / "runs" / rid / "config.yaml"
+            p.write_text(p.read_text().replace("variance: jackknife", "variance: c4"))
+    summary = summarize_cells(load_study(root).runs)
+    styles = _line_styles(F.fig_accuracy(summary, "linear_top1", references=False))
+    base = METHODS["vicreg_unbiased"].color
+    assert styles["vicreg"] == (METHODS["vicreg"].color, "-")
+    assert styles["vicreg_unbiased[jackknife,identity]"] == (base, "-")
+    # c4 is variance choice 3, identity cov_target choice 0 of 2: variant 6, the third line style, one shade lighter
+    assert styles["vicreg_unbiased[c4,identity]"] == (F._lighter(base, 0.3), "-.") and F._lighter(base, 0.3) != base
+    spec = METHODS["vicreg_unbiased"]
+    every = {F.method_style(f"vicreg_unbiased[{v},{c}]") for v in spec.choices["variance"]
+             for c in spec.choices["cov_target"]}
+    assert len(every) == 10  # each registered variant its own (colour, style)

@@ -81,6 +81,7 @@ class Analysis:
     mde: dict = field(default_factory=dict)   # metric -> minimum detectable slope (points per doubling)
     waiting: tuple = ()                # compared pairs left out: planned, but a method has no finished run yet
     display: dict = field(default_factory=dict, repr=False)   # display_tables' cache
+    long: pd.DataFrame | None = field(default=None, repr=False)  # stats.long_table(runs), shared with the figures
 
 
 def display_tables(a: Analysis) -> dict[str, pd.DataFrame]:
@@ -129,7 +130,7 @@ def _compute(runs: pd.DataFrame, settings: Settings, where: str, planned: set[st
         power, note = pd.DataFrame(), str(exc)
     mde = {r["metric"]: float(r["mde_pts"]) for _, r in power.iterrows() if r["quantity"] == "slope"} \
         if len(power) else {}
-    return Analysis(settings, sens, con, mc, drop, power, note, mde, waiting=waiting)
+    return Analysis(settings, sens, con, mc, drop, power, note, mde, waiting=waiting, long=long)
 
 
 def write_tables(a: Analysis, out: Path, formats=("md",)) -> None:

@@ -26,7 +26,7 @@ from . import figures as F
 from .load import SKIPPED_RUN, Study, load_study
 from .reading import question, reading
 from .references import BIBTEX, REFERENCES
-from .render import H, Img, P, Pre, Table, Ul, to_html, to_md
+from .render import H, Img, P, Pre, Table, Ul, embed_images, html_parts, to_md
 from .tables import (ACCURACY, ci_cell, epochs_text, headline, init_baseline, paper_table, relative_drop, summarize_cells, to_csv,
                      to_latex, to_markdown)
 
@@ -310,10 +310,27 @@ def _build_into(study: Study, out: Path, formats, max_curve_cells: int, log, rep
         f"diverged, {st.get(Status.FAILED, 0)} failed), {len(study.missing)} missing of {len(study.plan)} planned"
         + (f", {n_out} unreadable (left out)" if n_out else ""))
 
-    # ---- tables
+    # ---- what the figures need first, so that the workers start before this process writes anything
     summary = summarize_cells(runs)
     drop = relative_drop(summary)
-    head = headline(drop)
+    stat = _analysis(study)
+    base = init_baseline(runs)
+    figs = F.report_figures(summary, drop, base, runs, study.curves, study.bias, max_curve_cells, stat)
+    rendering = F.start_render(figs, figdir)  # drawn by workers while this process writes the rest
+    try:
+        head = headline(drop)
+        paper = _write_tables(study, out, formats, summary, drop, head, stat)
+        _write_documents(study, out, formats, summary, head, figs, rendering, log, base, stat, paper, reproducible)
+    except BaseException:
+        rendering.abort()  # never leave workers behind
+        raise
+
+
+def _write_tables(study: Study, out: Path, formats, summary: pd.DataFrame, drop: pd.DataFrame, head: pd.DataFrame,
+                  stat: "A.Analysis") -> dict:
+    """runs.csv, summary.csv, the relative drops, the paper-layout tables and the seed-blocked tables;
+    returns the paper tables ({stem: (table, caption)}) for the document."""
+    runs, tabdir = study.runs, out / "tables"
     atomic_write_text(out / "runs.csv", to_csv(runs))
     atomic_write_text(out / "summary.csv", to_csv(summary))
     atomic_write_text(out / "relative_drop.csv", to_csv(drop))
@@ -336,27 +353,14 @@ def _build_into(study: Study, out: Path, formats, max_curve_cells: int, log, rep
     if "tex" in formats:
         atomic_write_text(tabdir / "headline.tex", to_latex(head, f"Largest relative drop from the best batch size "
                                                             f"({study.name}; references: ImageNet)", f"tab:{study.name}:headline"))
-
-    stat = _analysis(study, out, formats)
-
-    # ---- figures (rendered in parallel where there are cores: they are most of the time at 1,000 runs)
-    base = init_baseline(runs)
-    figs = F.report_figures(summary, drop, base, runs, study.curves, study.bias, max_curve_cells, stat)
-    rendering = F.start_render(figs, figdir)  # drawn by workers while this process writes the rest
-    try:
-        _write_documents(study, out, formats, summary, head, paper, figs, rendering, log, base, stat, reproducible)
-    except BaseException:
-        rendering.abort()  # never leave workers behind
-        raise
-
-
-def _analysis(study: Study, out: Path, formats) -> "A.Analysis":
-    """The seed-blocked statistics (bsstudy.report.analysis) with the sweep file's ``report:`` settings,
-    written next to the other tables."""
-    sweep = StudyPaths(study.root).sweep
-    stat = A.compute(study.runs, A.read_settings(sweep), str(sweep), planned=set(study.plan["method"].astype(str)))
     A.write_tables(stat, out, formats)
-    return stat
+    return paper
+
+
+def _analysis(study: Study) -> "A.Analysis":
+    """The seed-blocked statistics (bsstudy.report.analysis) with the sweep file's ``report:`` settings."""
+    sweep = StudyPaths(study.root).sweep
+    return A.compute(study.runs, A.read_settings(sweep), str(sweep), planned=set(study.plan["method"].astype(str)))
 
 
 def _figure_blocks(figs: list["F.FigureSpec"], section: str) -> list:
@@ -365,9 +369,9 @@ def _figure_blocks(figs: list["F.FigureSpec"], section: str) -> list:
     return [Img(f"figures/{f.name}.png", f.caption) for f in mine] + [P(f.note) for f in mine if f.note]
 
 
-def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, head: pd.DataFrame, paper: dict,
+def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, head: pd.DataFrame,
                      figs: list["F.FigureSpec"], rendering: "F.Rendering", log, base: pd.DataFrame,
-                     stat: "A.Analysis", reproducible: bool = False) -> None:
+                     stat: "A.Analysis", paper: dict, reproducible: bool = False) -> None:
     """report.md, report.html and provenance.json (waits for the figures before embedding them)."""
     runs = study.runs
     if len(base):
@@ -459,7 +463,8 @@ def _write_documents(study: Study, out: Path, formats, summary: pd.DataFrame, he
     atomic_write_json(out / "provenance.json", prov)
     if "md" in formats:
         atomic_write_text(out / "report.md", to_md(doc))
+    parts = html_parts(doc, f"bsstudy report: {study.name}") if "html" in formats else None  # before the wait
     rendering.wait()
     log(f"report: wrote tables and {figcount} figures")
-    if "html" in formats:
-        atomic_write_text(out / "report.html", to_html(doc, f"bsstudy report: {study.name}", out))
+    if parts is not None:
+        atomic_write_text(out / "report.html", embed_images(parts, out))

@@ -81,8 +81,14 @@ li,p{overflow-wrap:anywhere}"""
 
 def to_html(blocks: list, title: str, base: Path) -> str:
     """Self-contained HTML; images under ``base`` are embedded as base64 PNG data URIs."""
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style></head><body>"]
+    return embed_images(html_parts(blocks, title), base)
+
+
+def html_parts(blocks: list, title: str) -> list:
+    """The HTML document as text pieces, with each figure left as its :class:`Img` block: everything but
+    the image bytes, so the report lays it out while the figures are still being drawn."""
+    out: list = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                 f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style></head><body>"]
     for b in blocks:
         if isinstance(b, H):
             out.append(f"<h{b.level}>{_inline(b.text)}</h{b.level}>")
@@ -95,12 +101,22 @@ def to_html(blocks: list, title: str, base: Path) -> str:
                            for row in b.df.itertuples(index=False))
             out.append(f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
         elif isinstance(b, Img):
-            data = base64.b64encode((base / b.rel).read_bytes()).decode()
-            out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.caption)}" '
-                       f'data-file="{html.escape(b.rel)}"><figcaption>{_inline(b.caption)}</figcaption></figure>')
+            out.append(b)
         elif isinstance(b, Pre):
             out.append(f"<pre>{html.escape(b.text)}</pre>")
         elif isinstance(b, Ul):
             out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in b.items) + "</ul>")
     out.append("</body></html>")
+    return out
+
+
+def embed_images(parts: list, base: Path) -> str:
+    """:func:`html_parts`' pieces joined, each figure read from ``base`` and embedded as a PNG data URI."""
+    out = []
+    for b in parts:
+        if isinstance(b, Img):
+            data = base64.b64encode((base / b.rel).read_bytes()).decode()
+            b = (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.caption)}" '
+                 f'data-file="{html.escape(b.rel)}"><figcaption>{_inline(b.caption)}</figcaption></figure>')
+        out.append(b)
     return "\n".join(out) + "\n"
