@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickletools
 import random
+import shlex
 import warnings
 import zipfile
 from pathlib import Path
@@ -157,7 +158,8 @@ def _set_aside(p: Path) -> Path:
 
 def load_checkpoint(ckpt_dir: Path | str, map_location: str | torch.device = "cpu",
                     restart: bool = False) -> dict[str, Any] | None:
-    """The newest loadable checkpoint of ``ckpt_dir``, or None when there is none (a fresh run).
+    """The newest loadable checkpoint of ``ckpt_dir`` (a run's ``checkpoints/``), or None when there is
+    none (a fresh run).
 
     Removes the temp files of killed saves first. An unreadable last.pt is moved aside as
     ``last.pt.corrupt`` (so the next save cannot rotate it over the good previous.pt) and previous.pt is
@@ -191,9 +193,11 @@ def load_checkpoint(ckpt_dir: Path | str, map_location: str | torch.device = "cp
     which = f"both checkpoints in {d} are" if len(problems) == 2 else \
         f"the only checkpoint in {d} ({next(iter(problems))}) is"
     if not restart:
-        raise UserError(f"{which} unreadable ({what}); rerun with --restart to move "
-                        f"{'them' if len(problems) == 2 else 'it'} aside as *{CORRUPT_SUFFIX} and start over "
-                        "from epoch 0")
+        # the command is spelled out: this line is also the `error` of the failed result.json that
+        # `bsstudy status` shows for a cell a submit started
+        raise UserError(f"{which} unreadable ({what}); to move {'them' if len(problems) == 2 else 'it'} "
+                        f"aside as *{CORRUPT_SUFFIX} and start over from epoch 0, rerun with --restart: "
+                        f"bsstudy train --run-dir {shlex.quote(str(d.parent))} --restart")
     moved = [_set_aside(d / n).name for n in problems]
     warnings.warn(f"{which} unreadable ({what}); moved to {', '.join(moved)}; starting over from epoch 0 "
                   "(restart)", RuntimeWarning, stacklevel=2)

@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (hydra syntax)")
     p.add_argument("--run-dir", type=Path, default=None, help="run an existing cell directory (has config.yaml)")
+    p.add_argument("--restart", action="store_true",
+                   help="when none of the run's checkpoints is readable, move them aside as *.corrupt and "
+                        "start over from epoch 0 (without it such a run stops with an error); readable "
+                        "checkpoints are resumed as usual")
     p.add_argument("-m", "--multirun", action="store_true", help=argparse.SUPPRESS)  # refused with a pointer
     p.set_defaults(func=_main)
 
@@ -159,7 +163,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"train: run directory {run_dir}", flush=True)
     from . import run_cell
 
-    result = run_cell(run_dir)
+    result = run_cell(run_dir, restart=args.restart)
     keys = ("run_id", "status", "linear_top1", "knn_top1", "final_loss", "diverged_at_epoch", "train_seconds")
     print(json.dumps({k: result.get(k) for k in keys}))
     return 0  # done or diverged (a valid outcome of a study); failures raise
