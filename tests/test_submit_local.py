@@ -125,6 +125,43 @@ def test_dry_run_resources_come_from_the_stored_sweep(tmp_path, capsys):
     assert "sweep.yaml: missing (re-run `bsstudy plan`" in capsys.readouterr().err
 
 
+def test_submit_refuses_when_the_data_moved_since_plan(tmp_path, capsys):
+    """The data preflight runs again at submit (issue 16): data gone since plan -> one line naming the
+    path, exit 2, nothing submitted or written, also for a --dry-run preview (local and slurm)."""
+    from bsstudy.sweep import preflight
+
+    data = tmp_path / "fm"
+    data.mkdir()
+    for f in preflight.FMNIST_FILES:
+        (data / f"{f}.gz").write_bytes(b"x")  # enough for the preflight (present and readable)
+    grid = {"method": ["vicreg"], "batch_size": [8], "epochs": [1], "seed": [0, 1]}
+    sweep = tiny_sweep(tmp_path, "moved", grid)
+    res = tmp_path / "results"
+    assert main(["plan", str(sweep), "--results", str(res), f"dataset.root={data}"]) == 0
+    study = res / "moved"
+    def files() -> list[str]:  # the submit lock file (empty, left by every submit) aside
+        return sorted(str(p.relative_to(study)) for p in study.rglob("*") if p.name != ".submit.lock")
+
+    before = files()
+    assert main(["submit", str(study), "--cluster", "slurm", "--dry-run"]) == 0  # data there: a preview
+    moved = tmp_path / "fm-moved"
+    data.rename(moved)
+    for args in (["--cluster", "local"], ["--cluster", "local", "--dry-run"], ["--cluster", "slurm", "--dry-run"],
+                 ["--cluster", "local", "--no-wait"]):
+        capsys.readouterr()
+        assert main(["submit", str(study), *args]) == 2, args
+        out, err = capsys.readouterr()
+        assert len(err.strip().splitlines()) == 1 and not out, (args, out, err)
+        assert err.startswith("bsstudy submit: error: dataset 'fashion_mnist': not found or unreadable "
+                              f"(looked in {data})"), err
+        assert "nothing submitted (2 cell(s) need it" in err and "dataset.root" in err, err
+        assert files() == before, args
+    moved.rename(data)
+    st = status_json(study, capsys)
+    assert [c["state"] for c in st["cells"]] == ["planned", "planned"]
+    assert main(["submit", str(study), "--cluster", "local", "--dry-run"]) == 0
+
+
 # ─────────────── interrupts and locks (issue 13 item 10, issue 16 item 3) ───────────────
 REPO = Path(__file__).resolve().parents[1]
 

@@ -209,13 +209,16 @@ def _submit_locked(study_dir: Path, sweep: Sweep, cluster: str, retry_failed: bo
         print(f"submit: nothing to submit ({skip_txt} skipped)", file=out)
         return _wait(study_dir, cluster, [], wait, out) if wait and cluster == "slurm" else 0
     groups: dict[tuple, list[tuple[CellState, dict]]] = {}
+    cfgs = []
     for s in todo:
         cfg_p = paths.run(s.run_id).config
         if not cfg_p.exists():
             raise UserError(f"{cfg_p}: missing (re-run `bsstudy plan`)")
-        r = cell_resources(sweep, s.method, yaml_load_file(cfg_p))
+        cfgs.append(yaml_load_file(cfg_p))
+        r = cell_resources(sweep, s.method, cfgs[-1])
         key = tuple(sorted((k, repr(v)) for k, v in r.items()))
         groups.setdefault(key, []).append((s, r))
+    _preflight(cfgs)
     resumed = sum(resumable(s) for s in todo)
     print(f"submit: {len(todo)} cell(s) to {cluster} in {len(groups)} resource group(s)"
           + (f" ({resumed} interrupted, resumed)" if resumed else "") + f"; skipped: {skip_txt}", file=out)
@@ -275,6 +278,18 @@ def _submit_locked(study_dir: Path, sweep: Sweep, cluster: str, retry_failed: bo
     if wait:
         return _wait(study_dir, "slurm", submitted, True, out)
     return 0
+
+
+def _preflight(cfgs: list[dict]) -> None:
+    """The data the cells to submit need is still where their config.yaml says (it may have moved since
+    plan), checked before anything is submitted or written, also by ``--dry-run``: a real submit would stop."""
+    from .preflight import preflight_data
+
+    try:
+        preflight_data(cfgs)
+    except UserError as exc:
+        raise UserError(f"{exc}; nothing submitted ({len(cfgs)} cell(s) need it: put the data back where "
+                        "their config.yaml says, or re-plan with the new dataset.root)") from None
 
 
 def _arrays(members_of: list, arrays: list[tuple[int, int | None]], study: str, dependency_of):
