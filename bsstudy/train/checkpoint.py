@@ -125,7 +125,10 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     naming it, without executing anything. A damaged file raises the loader's own exception."""
     p = Path(path)
     try:
-        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
+        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS), warnings.catch_warnings():
+            # a bare pickle (not torch.save's zip) makes torch warn about its protocol, in two lines
+            # before our one-line refusal; the file is judged below, the warning adds nothing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(p, map_location=map_location, weights_only=True)
     except Exception:
         with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):

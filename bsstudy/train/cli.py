@@ -143,8 +143,21 @@ def _check_run_dir(run_dir: Path) -> None:
     preflight_data([OmegaConf.to_container(cfg, resolve=True)])
 
 
+def _one_line_warnings() -> None:
+    """Show warnings as ``bsstudy train: warning: <message>``, one line, like the errors: Python's default
+    adds the source file and line (two lines for e.g. "last.pt is unreadable ...; resuming from previous.pt")."""
+    import warnings
+
+    def fmt(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001 (showwarning's signature)
+        return f"bsstudy train: warning: {' '.join(str(message).split())}\n"
+
+    warnings.formatwarning = fmt
+
+
 def _main(args: argparse.Namespace) -> int:
     import json
+
+    _one_line_warnings()
 
     if args.multirun:
         raise UserError("-m (hydra multirun) is not supported: train runs one config; sweep with "
