@@ -92,6 +92,26 @@ def test_status_of_unplanned_dir_is_one_line_error(tmp_path, capsys):
     assert len(err) == 1 and "plan.csv" in err[0]
 
 
+@pytest.mark.parametrize("content,why", [(b'{"status": "done", "run_id": "\xff\xfe"}', "UnicodeDecodeError"),
+                                         (b"[]", "got list"), (b"null", "got NoneType"),
+                                         (b'{"status": "weird"}', "status 'weird' is not one of done")])
+def test_status_names_an_unreadable_result_json(tmp_path, capsys, content, why):
+    """A result.json that is there but does not count: the cell is failed and status says why, naming the
+    file (not "job ended without result.json")."""
+    grid = {"method": ["vicreg"], "batch_size": [8], "epochs": [1], "seed": [0]}
+    res = tmp_path / "results"
+    assert main(["plan", str(tiny_sweep(tmp_path, "bad", grid)), "--results", str(res)]) == 0
+    study = res / "bad"
+    rid = next((study / "runs").iterdir()).name
+    (study / "jobs.jsonl").write_text(json.dumps({"run_id": rid, "job_id": "2147483646", "cluster": "local",
+                                                  "time": "2026-01-01T00:00:00+00:00"}) + "\n")  # ended
+    (study / "runs" / rid / "result.json").write_bytes(content)
+    st = status_json(study, capsys)
+    cell = st["cells"][0]
+    assert cell["state"] == "failed" and cell["error"].startswith(str(study / "runs" / rid / "result.json"))
+    assert why in cell["error"] and "\n" not in cell["error"], cell["error"]
+
+
 def test_expand_array_and_error_line(tmp_path):
     assert _expand_array("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
     assert _expand_array("12_3") == ["12_3"]

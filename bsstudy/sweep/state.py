@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..io import read_jsonl
 from ..locks import run_is_training
 from ..layout import (ACTIVE, FINISHED_BAD, RESULT_FILE, RESULT_STATUSES, STATUS_ORDER, TERMINAL, Status,
@@ -170,6 +171,21 @@ def error_line(result: dict | None, log: Path | None) -> str | None:
     return None
 
 
+def _bad_result(path: Path, result: dict | None) -> str | None:
+    """Why a result.json that exists does not count (non-UTF-8, not JSON, ``[]``/``null``, an unknown
+    status), in one line naming it; None when it is absent or fine. Without this, status would say the job
+    "ended without result.json" while the file is there."""
+    if result is None:
+        try:
+            read_result(path, strict=True)
+        except UserError as exc:
+            return str(exc)
+        return None
+    if result.get("status") not in RESULT_STATUSES:
+        return f"{path}: status {result.get('status')!r} is not one of {', '.join(RESULT_STATUSES)}"
+    return None
+
+
 def cell_states(study_dir: Path, query_scheduler: bool = True) -> list[CellState]:
     """The state of every planned cell (see module doc)."""
     paths = study_paths(study_dir)
@@ -215,7 +231,7 @@ def cell_states(study_dir: Path, query_scheduler: bool = True) -> list[CellState
         elif job:
             cs.state = Status.FAILED  # the job ended without writing result.json (killed, OOM, timeout)
         if cs.state == Status.FAILED:
-            cs.error = error_line(result, Path(cs.log) if cs.log else None) or (
+            cs.error = _bad_result(run.result, result) or error_line(result, Path(cs.log) if cs.log else None) or (
                 f"job ended ({cs.scheduler_state}) without {RESULT_FILE}" if cs.scheduler_state else
                 f"job ended without {RESULT_FILE}")
         out.append(cs)
