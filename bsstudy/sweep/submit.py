@@ -204,6 +204,10 @@ def _submit_locked(study_dir: Path, sweep: Sweep, cluster: str, retry_failed: bo
     if Status.UNKNOWN in skipped:
         print(f"warning: {skipped[Status.UNKNOWN]} cell(s) have an unknown scheduler state (sacct/squeue "
               f"unreachable); not resubmitted", file=out)
+    if Status.UNREADABLE in skipped:
+        first = next(s.error for s in states if s.state == Status.UNREADABLE)
+        print(f"warning: {skipped[Status.UNREADABLE]} cell(s) cannot be read ({first}); not submitted: fix "
+              "their permissions", file=out)
     skip_txt = ", ".join(f"{n} {k}" for k, n in skipped.items()) or "none"
     if not todo:
         print(f"submit: nothing to submit ({skip_txt} skipped)", file=out)

@@ -155,9 +155,16 @@ def _one_line_warnings() -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    import json
-
     _one_line_warnings()
+    try:
+        return _train(args)
+    except PermissionError as exc:  # a run directory or file this user cannot read or write (chmod, owner)
+        raise UserError(f"{exc.filename or args.run_dir}: {exc.strerror or 'permission denied'} "
+                        "(fix its permissions, or use another run directory)") from None
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
 
     if args.multirun:
         raise UserError("-m (hydra multirun) is not supported: train runs one config; sweep with "
