@@ -182,6 +182,29 @@ def test_submit_refuses_when_the_data_moved_since_plan(tmp_path, capsys):
     assert main(["submit", str(study), "--cluster", "local", "--dry-run"]) == 0
 
 
+@pytest.mark.parametrize("edit,needle", [(("epochs: 1", "epochs: 0"), "epochs: 0 must be an integer >= 1"),
+                                         (("seed: 0", "seed: 7"), "the config was changed after planning")])
+def test_submit_refuses_a_hand_edited_config(tmp_path, capsys, edit, needle):
+    """A config.yaml edited after plan is refused by submit (one line naming it, nothing submitted), not
+    only later by the trainer inside a submitted job."""
+    grid = {"method": ["vicreg"], "batch_size": [8], "epochs": [1], "seed": [0]}
+    res = tmp_path / "results"
+    assert main(["plan", str(tiny_sweep(tmp_path, "edited", grid)), "--results", str(res)]) == 0
+    study = res / "edited"
+    cfg = next((study / "runs").iterdir()) / "config.yaml"
+    text = cfg.read_text()
+    assert f"\n{edit[0]}\n" in text
+    cfg.write_text(text.replace(f"\n{edit[0]}\n", f"\n{edit[1]}\n"))
+    for args in (["--cluster", "local"], ["--cluster", "slurm", "--dry-run"]):
+        capsys.readouterr()
+        assert main(["submit", str(study), *args]) == 2
+        out, err = capsys.readouterr()
+        assert not out and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"bsstudy submit: error: {cfg}: ") and needle in err, err
+        assert err.strip().endswith("; nothing submitted"), err
+        assert not (study / "jobs.jsonl").exists() and not (study / "submitit").exists()
+
+
 # ─────────────── interrupts and locks (issue 13 item 10, issue 16 item 3) ───────────────
 REPO = Path(__file__).resolve().parents[1]
 

@@ -222,7 +222,7 @@ def _submit_locked(study_dir: Path, sweep: Sweep, cluster: str, retry_failed: bo
         r = cell_resources(sweep, s.method, cfgs[-1])
         key = tuple(sorted((k, repr(v)) for k, v in r.items()))
         groups.setdefault(key, []).append((s, r))
-    _preflight(cfgs)
+    _preflight([(s.run_id, paths.run(s.run_id).config) for s in todo], cfgs)
     resumed = sum(resumable(s) for s in todo)
     print(f"submit: {len(todo)} cell(s) to {cluster} in {len(groups)} resource group(s)"
           + (f" ({resumed} interrupted, resumed)" if resumed else "") + f"; skipped: {skip_txt}", file=out)
@@ -284,11 +284,24 @@ def _submit_locked(study_dir: Path, sweep: Sweep, cluster: str, retry_failed: bo
     return 0
 
 
-def _preflight(cfgs: list[dict]) -> None:
-    """The data the cells to submit need is still where their config.yaml says (it may have moved since
-    plan), checked before anything is submitted or written, also by ``--dry-run``: a real submit would stop."""
+def _preflight(cells: list[tuple[str, Path]], cfgs: list[dict]) -> None:
+    """Before anything is submitted or written (also by ``--dry-run``: a real submit would stop): each
+    cell's config.yaml still hashes to its run_id (a hand edit, e.g. ``epochs: 0``, would only fail in the
+    job), and the data the cells need is still where their config.yaml says (it may have moved since plan)."""
+    from ..config import load_checked_run_config, run_id
     from .preflight import preflight_data
 
+    for (rid, cfg_p), cfg in zip(cells, cfgs):
+        try:
+            same = run_id(cfg) == rid  # a hash of the file as read: cheap, unlike the trainer's full check
+        except (KeyError, TypeError, AttributeError):  # a hand edit of the wrong shape
+            same = False
+        if not same:
+            try:
+                load_checked_run_config(cfg_p)  # the trainer's own one-line error for this file
+            except UserError as exc:
+                raise UserError(f"{exc}; nothing submitted") from None
+            raise UserError(f"{cfg_p}: does not hash to its run_id {rid}; re-plan the study; nothing submitted")
     try:
         preflight_data(cfgs)
     except UserError as exc:
