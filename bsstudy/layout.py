@@ -33,6 +33,7 @@ class Status(StrEnum):
     DIVERGED = "diverged"    # non-finite loss: a valid outcome of a study
     FAILED = "failed"        # an exception, or the job ended without result.json
     UNKNOWN = "unknown"      # the scheduler could not be asked
+    UNREADABLE = "unreadable"  # its run directory or a file in it cannot be read (permissions)
 
 
 STATUS_ORDER: tuple[Status, ...] = tuple(Status)                       # display order (status, counts)

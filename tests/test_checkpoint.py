@@ -43,10 +43,12 @@ def test_malicious_checkpoint_is_refused_and_nothing_runs(tmp_path, fmt):
     save_checkpoint(ck, {"epoch": 2})  # a good previous.pt: the crafted last.pt must not be skipped silently
     marker = tmp_path / "pwned"
     _write_malicious(ck / "last.pt", marker, fmt)
-    with pytest.raises(UserError) as e:
+    with pytest.raises(UserError) as e, warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
         load_checkpoint(ck)
     msg = str(e.value)
     assert not marker.exists(), "the payload ran"
+    assert [str(w.message) for w in shown] == []  # torch's pickle-protocol warning would precede the line
     assert str(ck / "last.pt") in msg and "\n" not in msg and "refused" in msg
     assert (ck / "last.pt").exists() and not (ck / "last.pt.corrupt").exists()  # left for the user to inspect
 

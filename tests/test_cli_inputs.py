@@ -258,6 +258,58 @@ def test_preflight_file_lists_match_the_loaders():
     assert preflight.FOLDERS["stl10"][0] == "stl10_binary"
 
 
+# ----------------------------------------------------------------- unreadable run directory (issue 16 item 7)
+
+def _unprivileged() -> list[str]:
+    """Prefix running a command without the right to bypass file permissions: as root (tests often run
+    as root, where chmod 000 stops nothing) drop CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH with setpriv."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("root without setpriv: chmod 000 cannot be made to bite")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def test_unreadable_run_dir_is_one_line_everywhere(tmp_path):
+    """A run directory without read permission: status shows the cell `unreadable` naming it, submit skips
+    it with a warning, train and a re-plan stop with one line naming the file (no PermissionError trace)."""
+    import json
+
+    sweep = sweep_file(tmp_path)
+    assert plan(tmp_path, sweep) == 0
+    study = tmp_path / "results" / "tiny"
+    plan_csv = (study / "plan.csv").read_text()
+    run = sorted((study / "runs").iterdir())[0]
+
+    def bsstudy(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*_unprivileged(), sys.executable, "-m", "bsstudy.cli", *args], capture_output=True,
+                              text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+
+    run.chmod(0)
+    try:
+        p = bsstudy("status", str(study), "--json")
+        assert p.returncode == 0 and not p.stderr, p.stderr
+        cells = {c["run_id"]: c for c in json.loads(p.stdout)["cells"]}
+        assert cells[run.name]["state"] == "unreadable", cells
+        assert cells[run.name]["error"] == f"{run}: cannot read (Permission denied)"
+        assert {c["state"] for n, c in cells.items() if n != run.name} == {"planned"}
+        p = bsstudy("submit", str(study), "--cluster", "local", "--dry-run")
+        assert p.returncode == 0, p.stderr
+        assert f"warning: 1 cell(s) cannot be read ({run}: cannot read" in p.stdout, p.stdout
+        assert "skipped: 1 unreadable" in p.stdout, p.stdout
+        for args, name in ((["train", "--run-dir", str(run)], "train"), (["plan", str(sweep), "--results",
+                                                                          str(tmp_path / "results")], "plan")):
+            p = bsstudy(*args)
+            err = p.stderr.strip().splitlines()
+            assert p.returncode == 2 and len(err) == 1, p.stderr
+            assert err[0].startswith(f"bsstudy {name}: error: {run / 'config.yaml'}: Permission denied"), err
+    finally:
+        run.chmod(0o755)
+    assert (study / "plan.csv").read_text() == plan_csv
+
+
 # ----------------------------------------------------------------- broken pipe (issue 16 item 7)
 
 def test_closed_stdout_gives_no_traceback(tmp_path):

@@ -166,3 +166,48 @@ def test_checkpoint_state_round_trip_and_old_scaler_entry(tmp_path, one_thread):
     assert torch.equal(other.aug_gen.get_state(), expected)
     with pytest.raises(UserError, match="different config"):
         restore(other, {**st, "config_hash": "x"}, tmp_path)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """``bsstudy ARGS`` as a user runs it (one torch thread, as the in-process reference)."""
+    return subprocess.run([sys.executable, "-m", "bsstudy.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+
+
+@pytest.mark.slow
+def test_both_checkpoints_corrupt_stop_the_cli_until_restart(tmp_path, one_thread):
+    """issue 16 item 10, end to end: `bsstudy train` on a run whose last.pt and previous.pt are both damaged
+    stops with one line naming both files and the --restart command; `--restart` sets them aside and trains
+    from epoch 0 to the same result as the uninterrupted run."""
+    run_dir = _make(tmp_path, "both", ["epochs=2"])
+    ref = run_cell(run_dir)
+    assert ref["status"] == "done"
+    ck = run_dir / "checkpoints"
+    (run_dir / "result.json").unlink()          # as if killed during the final evaluation
+    (ck / "last.pt").write_bytes(b"\x00garbage, not a zip file")
+    (ck / "previous.pt").write_bytes((ck / "previous.pt").read_bytes()[:100])   # truncated
+
+    for _ in range(2):  # the same on every start: never a silent restart
+        p = _cli("train", "--run-dir", str(run_dir))
+        assert p.returncode == 2, p.stderr
+        err = p.stderr.strip().splitlines()
+        assert len(err) == 1, p.stderr
+        assert err[0].startswith("bsstudy train: error: both checkpoints in ") and str(ck) in err[0]
+        assert "last.pt: not a zip archive" in err[0] and "previous.pt: " in err[0]
+        assert err[0].endswith(f"bsstudy train --run-dir {run_dir} --restart"), err[0]
+        assert sorted(f.name for f in ck.iterdir()) == ["last.pt", "previous.pt"]
+        res = json.loads((run_dir / "result.json").read_text())
+        assert res["status"] == "failed" and "--restart" in res["error"].splitlines()[0]
+
+    p = _cli("train", "--run-dir", str(run_dir), "--restart")
+    assert p.returncode == 0, p.stderr
+    warned = [ln for ln in p.stderr.splitlines() if "starting over" in ln]   # one line, like the error
+    assert len(warned) == 1 and warned[0].startswith("bsstudy train: warning: both checkpoints in "), p.stderr
+    assert warned[0].endswith("starting over from epoch 0 (restart)"), warned
+    assert sorted(f.name for f in ck.iterdir()) == ["last.pt", "last.pt.corrupt", "previous.pt",
+                                                   "previous.pt.corrupt"]
+    assert [m["epoch"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["status"] == "done" and json.loads(p.stdout.splitlines()[-1])["status"] == "done"
+    for k in ("final_loss", "linear_top1", "knn_top1"):
+        assert res[k] == ref[k], k

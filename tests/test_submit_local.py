@@ -92,6 +92,26 @@ def test_status_of_unplanned_dir_is_one_line_error(tmp_path, capsys):
     assert len(err) == 1 and "plan.csv" in err[0]
 
 
+@pytest.mark.parametrize("content,why", [(b'{"status": "done", "run_id": "\xff\xfe"}', "UnicodeDecodeError"),
+                                         (b"[]", "got list"), (b"null", "got NoneType"),
+                                         (b'{"status": "weird"}', "status 'weird' is not one of done")])
+def test_status_names_an_unreadable_result_json(tmp_path, capsys, content, why):
+    """A result.json that is there but does not count: the cell is failed and status says why, naming the
+    file (not "job ended without result.json")."""
+    grid = {"method": ["vicreg"], "batch_size": [8], "epochs": [1], "seed": [0]}
+    res = tmp_path / "results"
+    assert main(["plan", str(tiny_sweep(tmp_path, "bad", grid)), "--results", str(res)]) == 0
+    study = res / "bad"
+    rid = next((study / "runs").iterdir()).name
+    (study / "jobs.jsonl").write_text(json.dumps({"run_id": rid, "job_id": "2147483646", "cluster": "local",
+                                                  "time": "2026-01-01T00:00:00+00:00"}) + "\n")  # ended
+    (study / "runs" / rid / "result.json").write_bytes(content)
+    st = status_json(study, capsys)
+    cell = st["cells"][0]
+    assert cell["state"] == "failed" and cell["error"].startswith(str(study / "runs" / rid / "result.json"))
+    assert why in cell["error"] and "\n" not in cell["error"], cell["error"]
+
+
 def test_expand_array_and_error_line(tmp_path):
     assert _expand_array("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
     assert _expand_array("12_3") == ["12_3"]
@@ -123,6 +143,66 @@ def test_dry_run_resources_come_from_the_stored_sweep(tmp_path, capsys):
     (res / "res" / "sweep.yaml").unlink()
     assert main(["submit", str(res / "res"), "--cluster", "local", "--dry-run"]) == 2
     assert "sweep.yaml: missing (re-run `bsstudy plan`" in capsys.readouterr().err
+
+
+def test_submit_refuses_when_the_data_moved_since_plan(tmp_path, capsys):
+    """The data preflight runs again at submit (issue 16): data gone since plan -> one line naming the
+    path, exit 2, nothing submitted or written, also for a --dry-run preview (local and slurm)."""
+    from bsstudy.sweep import preflight
+
+    data = tmp_path / "fm"
+    data.mkdir()
+    for f in preflight.FMNIST_FILES:
+        (data / f"{f}.gz").write_bytes(b"x")  # enough for the preflight (present and readable)
+    grid = {"method": ["vicreg"], "batch_size": [8], "epochs": [1], "seed": [0, 1]}
+    sweep = tiny_sweep(tmp_path, "moved", grid)
+    res = tmp_path / "results"
+    assert main(["plan", str(sweep), "--results", str(res), f"dataset.root={data}"]) == 0
+    study = res / "moved"
+    def files() -> list[str]:  # the submit lock file (empty, left by every submit) aside
+        return sorted(str(p.relative_to(study)) for p in study.rglob("*") if p.name != ".submit.lock")
+
+    before = files()
+    assert main(["submit", str(study), "--cluster", "slurm", "--dry-run"]) == 0  # data there: a preview
+    moved = tmp_path / "fm-moved"
+    data.rename(moved)
+    for args in (["--cluster", "local"], ["--cluster", "local", "--dry-run"], ["--cluster", "slurm", "--dry-run"],
+                 ["--cluster", "local", "--no-wait"]):
+        capsys.readouterr()
+        assert main(["submit", str(study), *args]) == 2, args
+        out, err = capsys.readouterr()
+        assert len(err.strip().splitlines()) == 1 and not out, (args, out, err)
+        assert err.startswith("bsstudy submit: error: dataset 'fashion_mnist': not found or unreadable "
+                              f"(looked in {data})"), err
+        assert "nothing submitted (2 cell(s) need it" in err and "dataset.root" in err, err
+        assert files() == before, args
+    moved.rename(data)
+    st = status_json(study, capsys)
+    assert [c["state"] for c in st["cells"]] == ["planned", "planned"]
+    assert main(["submit", str(study), "--cluster", "local", "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("edit,needle", [(("epochs: 1", "epochs: 0"), "epochs: 0 must be an integer >= 1"),
+                                         (("seed: 0", "seed: 7"), "the config was changed after planning")])
+def test_submit_refuses_a_hand_edited_config(tmp_path, capsys, edit, needle):
+    """A config.yaml edited after plan is refused by submit (one line naming it, nothing submitted), not
+    only later by the trainer inside a submitted job."""
+    grid = {"method": ["vicreg"], "batch_size": [8], "epochs": [1], "seed": [0]}
+    res = tmp_path / "results"
+    assert main(["plan", str(tiny_sweep(tmp_path, "edited", grid)), "--results", str(res)]) == 0
+    study = res / "edited"
+    cfg = next((study / "runs").iterdir()) / "config.yaml"
+    text = cfg.read_text()
+    assert f"\n{edit[0]}\n" in text
+    cfg.write_text(text.replace(f"\n{edit[0]}\n", f"\n{edit[1]}\n"))
+    for args in (["--cluster", "local"], ["--cluster", "slurm", "--dry-run"]):
+        capsys.readouterr()
+        assert main(["submit", str(study), *args]) == 2
+        out, err = capsys.readouterr()
+        assert not out and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"bsstudy submit: error: {cfg}: ") and needle in err, err
+        assert err.strip().endswith("; nothing submitted"), err
+        assert not (study / "jobs.jsonl").exists() and not (study / "submitit").exists()
 
 
 # ─────────────── interrupts and locks (issue 13 item 10, issue 16 item 3) ───────────────

@@ -48,7 +48,11 @@ def _plan(args: argparse.Namespace) -> int:
     if not opts["replace"]:
         check_no_shrink(diff, paths.plan)
     preflight_data([c.config for c in cells])
-    w = write_plan(sweep, cells, results)
+    try:
+        w = write_plan(sweep, cells, results)  # undoes its new run directories on any error
+    except PermissionError as exc:  # e.g. a run directory of an earlier plan made unreadable (chmod, owner)
+        raise UserError(f"{exc.filename}: {exc.strerror or 'permission denied'} (fix its permissions; "
+                        f"{paths.plan} unchanged)") from None
     print(f"plan: study {sweep.study}: {len(cells)} cells -> {paths.plan} "
           f"({w['configs_new']} new, {w['configs_unchanged']} unchanged, {w['configs_rewritten']} rewritten"
           + (f"; {len(diff.dropped)} dropped from plan.csv, their run directories kept" if diff.dropped else "")
@@ -122,7 +126,7 @@ def _status(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for s, r in zip(states, rows):
         print("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip())
-        if s.state == Status.FAILED:
+        if s.state in (Status.FAILED, Status.UNREADABLE):
             print(f"    error: {s.error}")
             if s.log:
                 print(f"    log:   {s.log}")

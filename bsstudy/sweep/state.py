@@ -8,16 +8,18 @@ says so, or the job ended without one) · unknown (the scheduler could not be as
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..io import read_jsonl
 from ..locks import run_is_training
 from ..layout import (ACTIVE, FINISHED_BAD, RESULT_FILE, RESULT_STATUSES, STATUS_ORDER, TERMINAL, Status,
-                      StudyPaths, read_result, result_error_line)
+                      RunPaths, StudyPaths, read_result, result_error_line)
 from ..layout import study_paths as study_paths  # noqa: PLC0414 - re-export until every caller uses layout
 
 # The job has left the scheduler: its files (result.json or its absence) say how it went. Not a Status.
@@ -170,6 +172,40 @@ def error_line(result: dict | None, log: Path | None) -> str | None:
     return None
 
 
+def _unreadable_dir(run: RunPaths) -> str | None:
+    """'PATH: cannot read (Permission denied)' for a run directory, or one of its files, that this user
+    cannot read (chmod 000, another owner); None when everything present reads."""
+    try:
+        names = set(os.listdir(run.dir))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{run.dir}: cannot read ({exc.strerror or type(exc).__name__})"
+    for f in (run.config, run.metrics, run.result):
+        if f.name in names:
+            try:
+                with open(f, "rb") as fh:
+                    fh.read(1)
+            except OSError as exc:
+                return f"{f}: cannot read ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def _bad_result(path: Path, result: dict | None) -> str | None:
+    """Why a result.json that exists does not count (non-UTF-8, not JSON, ``[]``/``null``, an unknown
+    status), in one line naming it; None when it is absent or fine. Without this, status would say the job
+    "ended without result.json" while the file is there."""
+    if result is None:
+        try:
+            read_result(path, strict=True)
+        except UserError as exc:
+            return str(exc)
+        return None
+    if result.get("status") not in RESULT_STATUSES:
+        return f"{path}: status {result.get('status')!r} is not one of {', '.join(RESULT_STATUSES)}"
+    return None
+
+
 def cell_states(study_dir: Path, query_scheduler: bool = True) -> list[CellState]:
     """The state of every planned cell (see module doc)."""
     paths = study_paths(study_dir)
@@ -184,6 +220,11 @@ def cell_states(study_dir: Path, query_scheduler: bool = True) -> list[CellState
         rid = row["run_id"]
         run = paths.run(rid)
         cs = CellState(rid, row["method"], int(row["batch_size"]), int(row["epochs"]), int(row["seed"]))
+        cs.error = _unreadable_dir(run)
+        if cs.error:  # nothing in it can be trusted or resubmitted until its permissions are fixed
+            cs.state = Status.UNREADABLE
+            out.append(cs)
+            continue
         cs.epoch = _last_epoch(run.metrics)
         job = jobs.get(rid)
         if job:
@@ -215,7 +256,7 @@ def cell_states(study_dir: Path, query_scheduler: bool = True) -> list[CellState
         elif job:
             cs.state = Status.FAILED  # the job ended without writing result.json (killed, OOM, timeout)
         if cs.state == Status.FAILED:
-            cs.error = error_line(result, Path(cs.log) if cs.log else None) or (
+            cs.error = _bad_result(run.result, result) or error_line(result, Path(cs.log) if cs.log else None) or (
                 f"job ended ({cs.scheduler_state}) without {RESULT_FILE}" if cs.scheduler_state else
                 f"job ended without {RESULT_FILE}")
         out.append(cs)

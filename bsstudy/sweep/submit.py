@@ -204,18 +204,25 @@ def _submit_locked(study_dir: Path, sweep: Sweep, cluster: str, retry_failed: bo
     if Status.UNKNOWN in skipped:
         print(f"warning: {skipped[Status.UNKNOWN]} cell(s) have an unknown scheduler state (sacct/squeue "
               f"unreachable); not resubmitted", file=out)
+    if Status.UNREADABLE in skipped:
+        first = next(s.error for s in states if s.state == Status.UNREADABLE)
+        print(f"warning: {skipped[Status.UNREADABLE]} cell(s) cannot be read ({first}); not submitted: fix "
+              "their permissions", file=out)
     skip_txt = ", ".join(f"{n} {k}" for k, n in skipped.items()) or "none"
     if not todo:
         print(f"submit: nothing to submit ({skip_txt} skipped)", file=out)
         return _wait(study_dir, cluster, [], wait, out) if wait and cluster == "slurm" else 0
     groups: dict[tuple, list[tuple[CellState, dict]]] = {}
+    cfgs = []
     for s in todo:
         cfg_p = paths.run(s.run_id).config
         if not cfg_p.exists():
             raise UserError(f"{cfg_p}: missing (re-run `bsstudy plan`)")
-        r = cell_resources(sweep, s.method, yaml_load_file(cfg_p))
+        cfgs.append(yaml_load_file(cfg_p))
+        r = cell_resources(sweep, s.method, cfgs[-1])
         key = tuple(sorted((k, repr(v)) for k, v in r.items()))
         groups.setdefault(key, []).append((s, r))
+    _preflight([(s.run_id, paths.run(s.run_id).config) for s in todo], cfgs)
     resumed = sum(resumable(s) for s in todo)
     print(f"submit: {len(todo)} cell(s) to {cluster} in {len(groups)} resource group(s)"
           + (f" ({resumed} interrupted, resumed)" if resumed else "") + f"; skipped: {skip_txt}", file=out)
@@ -277,6 +284,31 @@ def _submit_locked(study_dir: Path, sweep: Sweep, cluster: str, retry_failed: bo
     if wait:
         return _wait(study_dir, "slurm", submitted, True, out)
     return 0
+
+
+def _preflight(cells: list[tuple[str, Path]], cfgs: list[dict]) -> None:
+    """Before anything is submitted or written (also by ``--dry-run``: a real submit would stop): each
+    cell's config.yaml still hashes to its run_id (a hand edit, e.g. ``epochs: 0``, would only fail in the
+    job), and the data the cells need is still where their config.yaml says (it may have moved since plan)."""
+    from ..config import load_checked_run_config, run_id
+    from .preflight import preflight_data
+
+    for (rid, cfg_p), cfg in zip(cells, cfgs):
+        try:
+            same = run_id(cfg) == rid  # a hash of the file as read: cheap, unlike the trainer's full check
+        except (KeyError, TypeError, AttributeError):  # a hand edit of the wrong shape
+            same = False
+        if not same:
+            try:
+                load_checked_run_config(cfg_p)  # the trainer's own one-line error for this file
+            except UserError as exc:
+                raise UserError(f"{exc}; nothing submitted") from None
+            raise UserError(f"{cfg_p}: does not hash to its run_id {rid}; re-plan the study; nothing submitted")
+    try:
+        preflight_data(cfgs)
+    except UserError as exc:
+        raise UserError(f"{exc}; nothing submitted ({len(cfgs)} cell(s) need it: put the data back where "
+                        "their config.yaml says, or re-plan with the new dataset.root)") from None
 
 
 def _arrays(members_of: list, arrays: list[tuple[int, int | None]], study: str, dependency_of):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickletools
 import random
+import shlex
 import warnings
 import zipfile
 from pathlib import Path
@@ -124,7 +125,10 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     naming it, without executing anything. A damaged file raises the loader's own exception."""
     p = Path(path)
     try:
-        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
+        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS), warnings.catch_warnings():
+            # a bare pickle (not torch.save's zip) makes torch warn about its protocol, in two lines
+            # before our one-line refusal; the file is judged below, the warning adds nothing
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(p, map_location=map_location, weights_only=True)
     except Exception:
         with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
@@ -157,7 +161,8 @@ def _set_aside(p: Path) -> Path:
 
 def load_checkpoint(ckpt_dir: Path | str, map_location: str | torch.device = "cpu",
                     restart: bool = False) -> dict[str, Any] | None:
-    """The newest loadable checkpoint of ``ckpt_dir``, or None when there is none (a fresh run).
+    """The newest loadable checkpoint of ``ckpt_dir`` (a run's ``checkpoints/``), or None when there is
+    none (a fresh run).
 
     Removes the temp files of killed saves first. An unreadable last.pt is moved aside as
     ``last.pt.corrupt`` (so the next save cannot rotate it over the good previous.pt) and previous.pt is
@@ -191,9 +196,11 @@ def load_checkpoint(ckpt_dir: Path | str, map_location: str | torch.device = "cp
     which = f"both checkpoints in {d} are" if len(problems) == 2 else \
         f"the only checkpoint in {d} ({next(iter(problems))}) is"
     if not restart:
-        raise UserError(f"{which} unreadable ({what}); rerun with --restart to move "
-                        f"{'them' if len(problems) == 2 else 'it'} aside as *{CORRUPT_SUFFIX} and start over "
-                        "from epoch 0")
+        # the command is spelled out: this line is also the `error` of the failed result.json that
+        # `bsstudy status` shows for a cell a submit started
+        raise UserError(f"{which} unreadable ({what}); to move {'them' if len(problems) == 2 else 'it'} "
+                        f"aside as *{CORRUPT_SUFFIX} and start over from epoch 0, rerun with --restart: "
+                        f"bsstudy train --run-dir {shlex.quote(str(d.parent))} --restart")
     moved = [_set_aside(d / n).name for n in problems]
     warnings.warn(f"{which} unreadable ({what}); moved to {', '.join(moved)}; starting over from epoch 0 "
                   "(restart)", RuntimeWarning, stacklevel=2)

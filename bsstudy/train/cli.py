@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (hydra syntax)")
     p.add_argument("--run-dir", type=Path, default=None, help="run an existing cell directory (has config.yaml)")
+    p.add_argument("--restart", action="store_true",
+                   help="when none of the run's checkpoints is readable, move them aside as *.corrupt and "
+                        "start over from epoch 0 (without it such a run stops with an error); readable "
+                        "checkpoints are resumed as usual")
     p.add_argument("-m", "--multirun", action="store_true", help=argparse.SUPPRESS)  # refused with a pointer
     p.set_defaults(func=_main)
 
@@ -139,7 +143,27 @@ def _check_run_dir(run_dir: Path) -> None:
     preflight_data([OmegaConf.to_container(cfg, resolve=True)])
 
 
+def _one_line_warnings() -> None:
+    """Show warnings as ``bsstudy train: warning: <message>``, one line, like the errors: Python's default
+    adds the source file and line (two lines for e.g. "last.pt is unreadable ...; resuming from previous.pt")."""
+    import warnings
+
+    def fmt(message, category, filename, lineno, line=None) -> str:  # noqa: ARG001 (showwarning's signature)
+        return f"bsstudy train: warning: {' '.join(str(message).split())}\n"
+
+    warnings.formatwarning = fmt
+
+
 def _main(args: argparse.Namespace) -> int:
+    _one_line_warnings()
+    try:
+        return _train(args)
+    except PermissionError as exc:  # a run directory or file this user cannot read or write (chmod, owner)
+        raise UserError(f"{exc.filename or args.run_dir}: {exc.strerror or 'permission denied'} "
+                        "(fix its permissions, or use another run directory)") from None
+
+
+def _train(args: argparse.Namespace) -> int:
     import json
 
     if args.multirun:
@@ -159,7 +183,7 @@ def _main(args: argparse.Namespace) -> int:
         print(f"train: run directory {run_dir}", flush=True)
     from . import run_cell
 
-    result = run_cell(run_dir)
+    result = run_cell(run_dir, restart=args.restart)
     keys = ("run_id", "status", "linear_top1", "knn_top1", "final_loss", "diverged_at_epoch", "train_seconds")
     print(json.dumps({k: result.get(k) for k in keys}))
     return 0  # done or diverged (a valid outcome of a study); failures raise

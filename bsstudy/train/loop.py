@@ -31,11 +31,12 @@ from .setup import Run, build_run, current_dist, device_name
 
 
 @hold_run_lock  # one trainer per run directory, for its whole life (bsstudy/locks.py)
-def run_cell(run_dir: Path | str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
+def run_cell(run_dir: Path | str, hooks: Sequence[Hook] = (), restart: bool = False) -> dict[str, Any]:
     """Train + evaluate the cell in ``run_dir`` (resuming from its checkpoints); return result.json's dict.
 
     A result.json with status done/diverged is returned without training. ``hooks`` run after the
-    config's own (bsstudy/train/hooks.py)."""
+    config's own (bsstudy/train/hooks.py). ``restart``: when no checkpoint is readable, set them aside
+    and start over from epoch 0 instead of failing (``bsstudy train --restart``)."""
     paths = RunPaths(Path(run_dir))
     tune_malloc()
     previous = read_result(paths.result)
@@ -49,7 +50,7 @@ def run_cell(run_dir: Path | str, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
     init: dict[str, Any] | None = None
     try:
         run = build_run(cfg, dist)
-        resume(run, paths)
+        resume(run, paths, restart=restart)
         if dist.is_main and run.progress.epoch == 0:
             log(paths.run_id, f"{cfg.method.name} B={run.batch_size} lr={run.lr:.4g} ({cfg.lr.scaling} from "
                 f"{cfg.lr.base}) steps/epoch={run.steps_per_epoch} device={device_name(run.device)} "

@@ -64,10 +64,10 @@ def restore(run: Run, st: dict[str, Any], where: Path) -> None:
     run.progress.last_loss = st.get("last_loss")
 
 
-def resume(run: Run, paths: RunPaths) -> None:
+def resume(run: Run, paths: RunPaths, restart: bool = False) -> None:
     """Continue from the newest loadable checkpoint, if any; metric lines of later epochs (written before a
-    kill) are dropped, to be recomputed."""
-    st = load_checkpoint(paths.checkpoints, map_location=run.device)
+    kill) are dropped, to be recomputed. ``restart``: see ``checkpoint.load_checkpoint``."""
+    st = load_checkpoint(paths.checkpoints, map_location=run.device, restart=restart)
     if st is not None:
         restore(run, st, paths.checkpoints)
         log(paths.run_id, f"resumed from epoch {run.progress.epoch}")
