@@ -77,6 +77,11 @@ class RunPaths:
     def checkpoints(self) -> Path:
         return self.dir / "checkpoints"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (bsstudy/train/tensorboard.py); a view of metrics.jsonl and result.json."""
+        return self.dir / "tb"
+
     def retired(self, n: int) -> Path:
         """Where ``--retry-failed`` keeps the n-th retired result.json."""
         return self.dir / f"result.retired{n}.json"
