@@ -24,8 +24,9 @@ METHODS = method_names()  # the method registry (bsstudy.registry) is the one li
 MIN_BATCH = {name: spec.min_rows for name, spec in _REGISTRY.items()}
 LR_SCALING = ("linear", "sqrt", "none", "table")
 CONF_GROUPS = ("method", "dataset", "model", "optim")
-# Keys that say where a run writes, not what it computes: excluded from the config hash.
-NON_IDENTITY_KEYS = ("out",)
+# Keys that say where and how a run reports, not what it computes: excluded from the config hash (so adding
+# the log: block left every run_id as it was).
+NON_IDENTITY_KEYS = ("out", "log")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -170,6 +171,13 @@ def validate(cfg: DictConfig, source: str = "config", values: bool = True) -> No
     if world > 1 and b // world < MIN_BATCH[name]:
         raise UserError(f"{source}: batch_size: {b} gives {b // world} rows per rank; {name} needs >= {MIN_BATCH[name]}")
     _check_few_shot(cfg, source)
+    log = getattr(cfg, "log", None)   # config.yaml files written before the log: block have none
+    if log is not None:
+        every = log.progress_every
+        if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+            raise UserError(f"{source}: log.progress_every: {every!r} must be null or an integer >= 1")
+        if not isinstance(log.tensorboard, bool):
+            raise UserError(f"{source}: log.tensorboard: {log.tensorboard!r} must be true or false")
     n = cfg.dataset.train_subset
     n = pretrain_size(cfg.dataset.name) if n is None else n
     if isinstance(n, int) and b > n:

@@ -78,6 +78,11 @@ class RunPaths:
     def checkpoints(self) -> Path:
         return self.dir / "checkpoints"
 
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (bsstudy/train/tensorboard.py); a view of metrics.jsonl and result.json."""
+        return self.dir / "tb"
+
     def retired(self, n: int) -> Path:
         """Where ``--retry-failed`` keeps the n-th retired result.json."""
         return self.dir / f"result.retired{n}.json"
@@ -223,7 +228,8 @@ RESULT_FIELDS: dict[str, str] = {
     "linear_top1": "float|None", "knn_top1": "float|None", "final_loss": "float|None",
     "diverged_at_epoch": "int|None", "collapse": "dict|None", "collapse_backbone": "dict|None",
     "train_seconds": "float|None", "images_per_second": "float|None", "device": "str|None",
-    "git_commit": "str|None", "versions": "dict", "config_hash": "str|None", "finished_at": "str|None",
+    "git_commit": "str|None", "git_dirty": "bool|None (uncommitted changes to tracked files)", "versions": "dict",
+    "config_hash": "str|None", "finished_at": "str|None",
 }
 # Optional fields: probe (chosen weight decay, validation scores), error (failed runs: first line of the
 # exception, then the traceback tail), init_linear_top1 / init_knn_top1 (eval.at_init), few_shot /

@@ -17,9 +17,11 @@ REPORT_PACKAGES: tuple[str, ...] = ("bsstudy", "torch", "torchvision", "numpy", 
                                     "seaborn", "submitit", "hydra-core", "omegaconf")
 
 
-def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the source tree bsstudy is imported from; (None, None) outside a git checkout."""
-    src = Path(__file__).resolve().parents[1]
+def git_state(src: Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the git checkout holding ``src`` (default: the source tree bsstudy is imported from);
+    dirty = tracked files differ from the commit (untracked files do not count: results/ lives in the
+    checkout). (None, None) outside a git checkout or without git."""
+    src = Path(__file__).resolve().parents[1] if src is None else Path(src)
     try:
         commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()

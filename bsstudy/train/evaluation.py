@@ -27,9 +27,9 @@ def on_main(run: Run, fn: Callable[[], T]) -> T | None:
     return out
 
 
-def evaluate(run: Run) -> dict[str, Any]:
-    """``evaluate_model`` of the run's model under its config."""
-    return evaluate_model(run.model, run.cfg, run.device, run.amp_dtype)
+def evaluate(run: Run, run_id: str) -> dict[str, Any]:
+    """``evaluate_model`` of the run's model under its config; each phase is logged as it starts."""
+    return evaluate_model(run.model, run.cfg, run.device, run.amp_dtype, say=lambda msg: log(run_id, msg))
 
 
 def at_init(run: Run, paths: RunPaths) -> dict[str, Any]:
@@ -48,7 +48,9 @@ def at_init(run: Run, paths: RunPaths) -> dict[str, Any]:
         ev = _read_json(cache) if cache is not None else None
         reused = ev is not None
         if ev is None:
-            ev = evaluate_at_init(run.model, run.cfg, run.device, run.amp_dtype)
+            log(paths.run_id, "at init: probing the untrained network")
+            ev = evaluate_at_init(run.model, run.cfg, run.device, run.amp_dtype,
+                                  say=lambda msg: log(paths.run_id, msg))
             if cache is not None:
                 atomic_write_json(cache, ev)
         atomic_write_json(paths.init_eval, ev)

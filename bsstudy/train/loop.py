@@ -24,10 +24,11 @@ from ..runtime import tune_malloc
 from . import distributed as ddp
 from . import evaluation
 from .epoch import train_epoch
-from .hooks import Hook, default_hooks, log
+from .hooks import Hook, RunShape, close_hooks, default_hooks, log, log_settings
 from .record import error_text, run_fields, run_result
 from .resume import resume, save
 from .setup import Run, build_run, current_dist, device_name
+from .tensorboard import TensorBoardLog
 
 
 @hold_run_lock  # one trainer per run directory, for its whole life (bsstudy/locks.py)
@@ -48,6 +49,7 @@ def run_cell(run_dir: Path | str, hooks: Sequence[Hook] = (), restart: bool = Fa
     fields = run_fields(cfg, paths.run_id)
     run: Run | None = None
     init: dict[str, Any] | None = None
+    tb: TensorBoardLog | None = None
     try:
         run = build_run(cfg, dist)
         resume(run, paths, restart=restart)
@@ -55,20 +57,32 @@ def run_cell(run_dir: Path | str, hooks: Sequence[Hook] = (), restart: bool = Fa
             log(paths.run_id, f"{cfg.method.name} B={run.batch_size} lr={run.lr:.4g} ({cfg.lr.scaling} from "
                 f"{cfg.lr.base}) steps/epoch={run.steps_per_epoch} device={device_name(run.device)} "
                 f"amp={run.amp_dtype}")
+        if dist.is_main and log_settings(cfg)["tensorboard"]:
+            tb = TensorBoardLog(paths.tensorboard, run.schedule.step_count)
         init = evaluation.at_init(run, paths)
-        diverged_at = _train(run, paths, [*default_hooks(cfg, dist.is_main), *hooks])
+        if tb is not None and init and run.progress.epoch == 0:   # (re)started from scratch: step 0 was purged
+            tb.evaluation(init, 0)
+        shape = RunShape(paths.run_id, int(cfg.epochs), run.steps_per_epoch, run.batch_size, run.progress.epoch)
+        run_hooks = [*default_hooks(cfg, dist.is_main, shape), *hooks]
+        try:
+            diverged_at = _train(run, paths, run_hooks, tb)
+        finally:
+            close_hooks(run_hooks)
         if diverged_at is not None:
             result = run_result(fields, Status.DIVERGED, device=device_name(run.device), init=init,
                                 progress=run.progress, diverged_at_epoch=diverged_at)
             if dist.is_main:
                 write_result(paths.result, result)
             return result
-        final = evaluation.evaluate(run) if dist.is_main else None
+        final = evaluation.evaluate(run, paths.run_id) if dist.is_main else None
         result = run_result(fields, Status.DONE, device=device_name(run.device), init=init,
                             progress=run.progress, final_loss=run.progress.last_loss, evaluation=final)
+        if tb is not None:
+            tb.evaluation(final, run.schedule.step_count)
         if dist.is_main:
             write_result(paths.result, result)
-            log(paths.run_id, f"done: linear_top1={result['linear_top1']} knn_top1={result['knn_top1']}")
+            log(paths.run_id, f"done: linear_top1={_num(result['linear_top1'])} "
+                f"knn_top1={_num(result['knn_top1'])}")
         ddp.barrier()  # the other ranks return once result.json is written
         return result
     except Exception as exc:
@@ -78,11 +92,18 @@ def run_cell(run_dir: Path | str, hooks: Sequence[Hook] = (), restart: bool = Fa
                                                   error=error_text(exc)))
         raise
     finally:
+        if tb is not None:
+            tb.close()
         if created_group:
             ddp.destroy()
 
 
-def _train(run: Run, paths: RunPaths, hooks: Sequence[Hook]) -> int | None:
+def _num(v: float | None) -> str:
+    """A metric as a log shows it: 4 significant digits (``None`` for a missing one)."""
+    return "None" if v is None else f"{v:.4g}"
+
+
+def _train(run: Run, paths: RunPaths, hooks: Sequence[Hook], tb: TensorBoardLog | None) -> int | None:
     """Epochs ``progress.epoch + 1 .. epochs``: train, log, checkpoint. Returns the epoch whose loss was
     non-finite (training stops there), or None."""
     cfg, progress = run.cfg, run.progress
@@ -93,12 +114,14 @@ def _train(run: Run, paths: RunPaths, hooks: Sequence[Hook]) -> int | None:
         progress.images_seen += ep.images
         m = ep.metrics
         if not ep.diverged and evaluation.due(run, epoch):
-            ev = evaluation.on_main(run, lambda: evaluation.evaluate(run))
+            ev = evaluation.on_main(run, lambda: evaluation.evaluate(run, paths.run_id))
             if ev is not None:
                 m.update(linear_top1=ev["linear_top1"], knn_top1=ev["knn_top1"])
         if run.dist.is_main:
             append_jsonl(paths.metrics, m)
-            log(paths.run_id, f"epoch {epoch}/{epochs} loss={m['loss']} lr={m['lr']:.4g} "
+            if tb is not None:
+                tb.epoch(m)
+            log(paths.run_id, f"epoch {epoch}/{epochs} loss={_num(m['loss'])} lr={m['lr']:.4g} "
                 f"{m['seconds']:.1f}s {m['images_per_second'] or 0:.0f} img/s")
         if ep.diverged:
             log(paths.run_id, f"diverged at epoch {epoch} (non-finite loss)")

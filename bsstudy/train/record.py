@@ -20,11 +20,12 @@ from .setup import Progress
 def run_fields(cfg: DictConfig, run_id: str) -> dict[str, Any]:
     """The fields fixed before training: what ran (from the config) and with which code."""
     c = OmegaConf.to_container(cfg, resolve=True)
+    commit, dirty = git_state()
     return {
         "run_id": run_id, "study": c["study"], "method": c["method"]["name"], "batch_size": c["batch_size"],
         "epochs": c["epochs"], "seed": c["seed"], "lr": c["lr"]["effective"], "lr_base": c["lr"]["base"],
         "lr_scaling": c["lr"]["scaling"], "dataset": c["dataset"]["name"], "backbone": c["model"]["name"],
-        "git_commit": git_state()[0], "versions": versions(), "config_hash": config_hash(cfg),
+        "git_commit": commit, "git_dirty": dirty, "versions": versions(), "config_hash": config_hash(cfg),
     }
 
 
