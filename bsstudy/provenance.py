@@ -19,13 +19,15 @@ REPORT_PACKAGES: tuple[str, ...] = ("bsstudy", "torch", "torchvision", "numpy", 
 
 def git_state(src: Path | None = None) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the git checkout holding ``src`` (default: the source tree bsstudy is imported from);
-    dirty = tracked files differ from the commit (untracked files do not count: results/ lives in the
-    checkout). (None, None) outside a git checkout or without git."""
+    dirty = tracked files differ from the commit (untracked files do not count, nor do results/ and
+    reports/: a published study's run records and reports are committed data that change while it runs,
+    not code). (None, None) outside a git checkout or without git."""
     src = Path(__file__).resolve().parents[1] if src is None else Path(src)
     try:
         commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(top,exclude)results", ":(top,exclude)reports"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
         return commit or None, dirty
     except (OSError, subprocess.SubprocessError):

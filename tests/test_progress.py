@@ -183,6 +183,15 @@ def test_git_state_reports_uncommitted_changes_to_tracked_files(tmp_path):
     assert re.fullmatch(r"[0-9a-f]{40}", commit) and dirty is False
     (repo / "new.txt").write_text("untracked\n")      # results/ and the like: not a change of the code
     assert git_state(repo) == (commit, False)
+    for data in ("results/s/runs/r/result.json", "reports/s/report.md"):  # committed study records: data
+        (repo / data).parent.mkdir(parents=True, exist_ok=True)
+        (repo / data).write_text("{}\n")
+    _git(repo, "add", "results", "reports")
+    _git(repo, "commit", "-q", "-m", "records")
+    commit = git_state(repo)[0]
+    (repo / "results/s/runs/r/result.json").write_text('{"status": "done"}\n')
+    (repo / "reports/s/report.md").write_text("new\n")
+    assert git_state(repo) == (commit, False)
     (repo / "a.py").write_text("x = 2\n")
     assert git_state(repo) == (commit, True)
     outside = tmp_path / "plain"
