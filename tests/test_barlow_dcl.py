@@ -117,6 +117,7 @@ def test_barlow_twins_matches_lightly(n, d, dtype):
         tol = 1e-10 if dtype == F64 else 2e-5
         assert ours.item() == pytest.approx(theirs.item(), rel=tol)
         torch.testing.assert_close(a.grad, a2.grad, rtol=tol * 10, atol=tol)
+        torch.testing.assert_close(b.grad, b2.grad, rtol=tol * 10, atol=tol)   # 2n < d: the Gram-form backward
 
 
 def test_barlow_gram_and_cov_forms_agree():

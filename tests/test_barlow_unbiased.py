@@ -14,90 +14,20 @@ What is proven here:
   plug-in is off, in the other direction);
 - Barlow Twins' plug-in terms are detected as biased.
 
-``python tests/test_barlow_unbiased.py`` prints the table of docs/objectives.md.
+The Monte-Carlo harness (laws, population values, estimators, cells) is benchmarks/mc_barlow_unbiased.py,
+which prints the table of docs/objectives.md.
 """
 from __future__ import annotations
 
-import math
 import sys
-from functools import lru_cache
 from pathlib import Path
 
 import pytest
-import torch
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from mc_barlow_unbiased import D, LAWS, NS, mc  # noqa: E402
 
-from bsstudy.objectives import estimators as E  # noqa: E402
-from bsstudy.objectives import terms as T  # noqa: E402
-
-F64 = torch.float64
-D = 4
-NS = (4, 8, 32, 256)
-LAWS = ("gauss_indep", "gauss_mixed", "skewed_indep", "skewed_mixed")
-EPS = 1e-300         # no eps in float64 (BatchNorm needs eps > 0)
-REPS = {4: 20000, 8: 10000, 32: 4000, 256: 1000}
-
-
-def _law(name: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(M1, M2, N) of z1 = x M1, z2 = x M2 + e N."""
-    g = torch.Generator().manual_seed(seed)
-    if name.endswith("indep"):
-        m1 = torch.diag(torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=F64))
-        m2 = torch.diag(torch.tensor([0.9, 1.0, -0.4, 0.3], dtype=F64))
-        nn = torch.diag(torch.tensor([0.5, 1.5, 0.2, 1.0], dtype=F64))
-    else:
-        m1 = torch.eye(D, dtype=F64) + 0.5 * torch.randn(D, D, generator=g, dtype=F64)
-        m2 = 0.8 * m1 + 0.4 * torch.randn(D, D, generator=g, dtype=F64)
-        nn = 0.6 * torch.eye(D, dtype=F64) + 0.2 * torch.randn(D, D, generator=g, dtype=F64)
-    return m1, m2, nn
-
-
-def population(name: str) -> dict[str, float]:
-    m1, m2, nn = _law(name)
-    c11, c22, c12 = m1.T @ m1, m2.T @ m2 + nn.T @ nn, m1.T @ m2     # x, e have identity covariance
-    rho = c12 / torch.sqrt(torch.diagonal(c11)[:, None] * torch.diagonal(c22)[None, :])
-    off = ~torch.eye(D, dtype=torch.bool)
-    return {"cross_cov": c12[off].pow(2).sum().item(), "off": rho[off].pow(2).sum().item(),
-            "on": (1 - torch.diagonal(rho)).pow(2).sum().item()}
-
-
-def sample(name: str, n: int, reps: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    m1, m2, nn = _law(name)
-
-    def draw() -> torch.Tensor:
-        if name.startswith("skewed"):
-            return torch.empty(reps, n, D, dtype=F64).exponential_(1.0, generator=g) - 1.0
-        return torch.randn(reps, n, D, generator=g, dtype=F64)
-
-    x, e = draw(), draw()
-    return x @ m1, x @ m2 + e @ nn
-
-
-def estimates(z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every estimator on a stack of batches (reps, n, d) -> {key: (reps,)}; eps ~ 0 (the population has none)."""
-    on_plug, off_plug = T.barlow_twins(z1, z2, eps=EPS)
-    on_jack, off_u = T.barlow_twins_unbiased(z1, z2, eps=EPS, on_diagonal="jackknife")
-    return {"cross_cov:U": E.cross_offdiag_sq(z1, z2, unbiased=True),
-            "cross_cov:plugin": E.cross_offdiag_sq(z1, z2, unbiased=False),
-            "off:unbiased": off_u, "off:barlow": off_plug,
-            "on:jackknife": on_jack, "on:barlow": on_plug}
-
-
-@lru_cache(maxsize=None)
-def mc(name: str, n: int) -> dict[str, tuple[float, float, float]]:
-    """{estimator: (mean - population, standard error, population)} over REPS[n] batches."""
-    reps = REPS[n]
-    z1, z2 = sample(name, n, reps, seed=1000 * n + LAWS.index(name))
-    pop = population(name)
-    out = {}
-    for key, v in estimates(z1, z2).items():
-        target = pop[key.split(":")[0]]
-        out[key] = ((v.mean() - target).item(), (v.std() / math.sqrt(reps)).item(), target)
-    return out
-
+sys.path.pop(0)
 
 CASES = [(law, n) for law in LAWS for n in NS]
 
@@ -139,27 +69,3 @@ def test_plugin_off_diagonal_bias_is_the_noise_floor():
     for n in (8, 32):
         err, se, _ = mc("gauss_indep", n)["off:barlow"]
         assert abs(err - D * (D - 1) / (n - 1)) / se < 4, (n, err, se)
-
-
-def table() -> str:
-    """Markdown table of z-scores (mean - population)/standard error and relative biases."""
-    rows = ["| law | n | U cross-cov z | plug-in cross-cov z | unbiased off z (rel. bias) | Barlow off z (rel. bias) "
-            "| jackknife on z (rel. bias) | Barlow on z (rel. bias) |", "|---" * 8 + "|"]
-
-    def cell(v: tuple[float, float, float]) -> str:
-        err, se, target = v
-        rel = "" if target == 0 else f" ({err / target:+.1%})"
-        return f"{err / se:+.1f}{rel}"
-
-    for law in LAWS:
-        for n in NS:
-            r = mc(law, n)
-            rows.append(f"| {law} | {n} | {cell(r['cross_cov:U'])} | {cell(r['cross_cov:plugin'])} | "
-                        f"{cell(r['off:unbiased'])} | {cell(r['off:barlow'])} | {cell(r['on:jackknife'])} | "
-                        f"{cell(r['on:barlow'])} |")
-    pops = ", ".join(f"{law}: off {population(law)['off']:.3f}, on {population(law)['on']:.3f}" for law in LAWS)
-    return "\n".join(rows) + f"\n\nPopulation values (d = {D}): {pops}. Batches per cell: {REPS}."
-
-
-if __name__ == "__main__":
-    print(table())

@@ -83,7 +83,7 @@ def test_changed_value_makes_new_runs_and_keeps_old(tmp_path, capsys):
 @pytest.mark.slow
 def test_fast_path_equals_one_compose_per_cell(tmp_path):
     """The planner's dict merges give exactly the config of bsstudy.config.cell_config (full compose)."""
-    for name in ("demo", "batchsize"):
+    for name in ("demo", "batchsize", "zoo"):
         sw = load_sweep(ROOT / "sweeps" / f"{name}.yaml")
         cells = plan_cells(sw, tmp_path)
         overrides = expand(sw)
@@ -118,6 +118,23 @@ def test_shipped_sweeps_plan(tmp_path, capsys, monkeypatch):
     r = rows(tmp_path / "demo")
     assert {x["method"] for x in r} == {"simclr", "vicreg", "vicreg_unbiased"}
     assert len({x["batch_size"] for x in r}) >= 4 and {x["dataset"] for x in r} == {"fashion_mnist"}
+
+
+def test_zoo_sweep_plans_every_method(tmp_path, capsys):
+    """sweeps/zoo.yaml: every registered method x B in {32, 128, 512}, one seed, with its per-method settings."""
+    from bsstudy.registry import METHODS
+
+    assert main(["plan", str(ROOT / "sweeps" / "zoo.yaml"), "--results", str(tmp_path)]) == 0
+    assert "30 cells" in capsys.readouterr().out
+    r = rows(tmp_path / "zoo")
+    assert {x["method"] for x in r} == set(METHODS)
+    assert sorted({int(x["batch_size"]) for x in r}) == [32, 128, 512] and {x["seed"] for x in r} == {"0"}
+    cfg = {x["method"]: yaml.safe_load((tmp_path / "zoo" / "runs" / x["run_id"] / "config.yaml").read_text())
+           for x in r if x["batch_size"] == "512"}
+    assert cfg["mocov2"]["method"]["loss"]["queue_size"] <= cfg["mocov2"]["dataset"]["train_subset"]
+    assert cfg["sogclr"]["method"]["loss"]["temperature"] == 0.5
+    assert cfg["simsiam"]["method"]["predictor"]["hidden_dim"] == 32
+    assert all(c["method"]["projector"]["hidden_dim"] == 128 and c["eval"]["at_init"] for c in cfg.values())
 
 
 def test_grid_override_exclude_include_per_method(tmp_path, capsys):

@@ -54,9 +54,11 @@ def dcl(z1: Tensor, z2: Tensor, temperature: float, sigma: float | None = None) 
 def batch_standardize(z: Tensor, eps: float, unbiased: bool = False) -> tuple[Tensor, Tensor]:
     """((z - mean) / sqrt(Var + eps), Var) per column over the rows (dim -2); Var with 1/n (BatchNorm in
     training mode, as Barlow Twins' code) or 1/(n-1) (``unbiased``). Shapes (..., n, d) -> same, (..., 1, d)."""
-    # not F.batch_norm: its CPU float32 statistics are off by ~1e-3 (loss and gradient) at n = 65536
-    var, mean = torch.var_mean(z, dim=-2, keepdim=True, correction=1 if unbiased else 0)
-    return (z - mean) * torch.rsqrt(var + eps), var
+    # not F.batch_norm: its CPU float32 statistics are off by ~1e-3 (loss and gradient) at n = 65536;
+    # not torch.var_mean: ~40x slower on CPU for column statistics (it dominated barlow_twins_unbiased at d=128)
+    zc = z - z.mean(dim=-2, keepdim=True)
+    var = zc.pow(2).sum(dim=-2, keepdim=True) / (z.shape[-2] - (1 if unbiased else 0))
+    return zc * torch.rsqrt(var + eps), var
 
 
 def one_minus_correlation(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor, eps: float, rows: int) -> Tensor:
@@ -68,13 +70,91 @@ def one_minus_correlation(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor, eps: flo
 
 def barlow_twins(z1: Tensor, z2: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Barlow Twins (Zbontar et al., 2021; facebookresearch/barlowtwins): C = bn(z1)^T bn(z2) / n with bn the
-    affine-free BatchNorm (1/n variance, eps). Returns (sum_i (1 - C_ii)^2, sum_{i != j} C_ij^2)."""
-    n = z1.shape[-2]
-    x, vx = batch_standardize(z1, eps)
-    y, vy = batch_standardize(z2, eps)
-    on = one_minus_correlation(x, y, vx, vy, eps, n).pow(2).sum(dim=-1)
-    off = estimators.cross_products(x, y)[0] / n ** 2
-    return on, off
+    affine-free BatchNorm (1/n variance, eps). Returns (sum_i (1 - C_ii)^2, sum_{i != j} C_ij^2). (..., n, d)
+
+    One autograd node with a hand-written backward (``_BarlowTwins``): the ~30 small autograd nodes of the
+    composed form cost more than the matrix products at d ~ 128 (1.6-1.9x lightly's BarlowTwinsLoss)."""
+    return _BarlowTwins.apply(z1, z2, float(eps))
+
+
+def _bn_forward(z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(x, r): x = (z - mean) r, r = 1/sqrt(Var + eps), 1/n variance; two passes (torch.var_mean is ~40x slower
+    on CPU for column statistics, F.batch_norm's CPU float32 statistics lose ~1e-3 at n = 65536)."""
+    x = z - z.mean(dim=-2, keepdim=True)
+    r = torch.rsqrt(x.pow(2).mean(dim=-2, keepdim=True).add_(eps))   # (torch.linalg.vector_norm: 7x slower)
+    return x.mul_(r), r
+
+
+def _gram_form(n: int, d: int) -> bool:
+    # two n x n products cost less than one d x d one (cross_products' rule)
+    return 2 * n < d
+
+
+class _BarlowTwins(torch.autograd.Function):
+    """(on, off) of Barlow Twins from z1, z2 (..., n, d), forward and backward in closed form.
+
+    Forward: x = bn(z1), y = bn(z2); 1 - C_ii = 1/(2n) sum_a (x - y)_ai^2 + eps/2 (rx_i^2 + ry_i^2)
+    (``one_minus_correlation``: exact, keeps float32 precision when C_ii ~ 1); O = C with its diagonal zeroed
+    (never subtracted when n >= d/2: the diagonal dominates there). Gram form when 2n < d:
+    sum_{i!=j} C_ij^2 = sum_ab Kx_ab Ky_ab / n^2 - sum_i C_ii^2 (then the off-diagonal part dominates).
+    Backward: with dL/dC_ii = -2 (1 - C_ii) g_on, dL/dC_ij = 2 C_ij g_off and BatchNorm's backward
+    dz = r [dx - mean(dx) - x mean(dx x)], the diagonal part is -2 g_on (1 - C_ii)/n [(y - x) + x (1 - C_ii)]
+    (y - x formed directly, as autograd of the (x - y)^2 form would) and the off-diagonal part
+    2 g_off/n [y O^T - x rowsum(O^2)] for z1 (x O - y colsum(O^2) for z2)."""
+
+    @staticmethod
+    def forward(ctx, z1: Tensor, z2: Tensor, eps: float) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        n, d = z1.shape[-2], z1.shape[-1]
+        x, rx = _bn_forward(z1, eps)
+        y, ry = _bn_forward(z2, eps)
+        dxy = y - x
+        omc = dxy.pow(2).sum(dim=-2).mul_(0.5 / n)
+        omc += (rx.pow(2) + ry.pow(2)).squeeze(-2).mul_(0.5 * eps)              # (..., d) 1 - C_ii
+        on = omc.pow(2).sum(dim=-1)
+        ctx.gram = _gram_form(n, d)
+        if ctx.gram:
+            kx, ky = x @ x.transpose(-1, -2), y @ y.transpose(-1, -2)
+            diag = (x * y).sum(dim=-2).div_(n)                                  # C_ii
+            off = (kx * ky).sum(dim=(-1, -2)).div_(n * n) - diag.pow(2).sum(dim=-1)
+            ctx.save_for_backward(x, y, dxy, rx, ry, omc, kx, ky, diag)
+        else:
+            o = (x.transpose(-1, -2) @ y).div_(n)
+            o.diagonal(dim1=-2, dim2=-1).zero_()
+            off = o.pow(2).sum(dim=(-1, -2))
+            ctx.save_for_backward(x, y, dxy, rx, ry, omc, o)
+        return on, off
+
+    @staticmethod
+    def backward(ctx, g_on: Tensor, g_off: Tensor):  # type: ignore[override]
+        # every (n, d) term is a d-vector times x, y or y - x, or a matrix product: gathered per coefficient
+        # so the backward makes ~10 passes over (n, d) (the composed form's autograd made ~30)
+        x, y, dxy, rx, ry, omc, *rest = ctx.saved_tensors
+        n = x.shape[-2]
+        om = omc.unsqueeze(-2)                                                  # (..., 1, d)
+        a = om * (-2.0 / n) * g_on.unsqueeze(-1).unsqueeze(-1)
+        b = (2.0 / n) * g_off.unsqueeze(-1).unsqueeze(-1)                       # (..., 1, 1)
+        if ctx.gram:
+            kx, ky, diag = rest
+            kyx, kxy = ky @ x, kx @ y                                           # n (y O^T + y diag C), ...
+            dg2 = diag.pow(2).unsqueeze(-2)
+            row = (x * kyx).sum(dim=-2, keepdim=True).div_(n * n) - dg2        # rowsum(O^2)
+            col = (y * kxy).sum(dim=-2, keepdim=True).div_(n * n) - dg2        # colsum(O^2)
+            bd = b * diag.unsqueeze(-2)
+            gx = kyx.mul_(b / n).addcmul_(y, bd, value=-1.0)                    # b y O^T
+            gy = kxy.mul_(b / n).addcmul_(x, bd, value=-1.0)                    # b x O
+        else:
+            (o,) = rest
+            bo = o * b
+            gx, gy = y @ bo.transpose(-1, -2), x @ bo
+            o2 = o.pow(2)
+            row, col = o2.sum(dim=-1).unsqueeze(-2), o2.sum(dim=-2).unsqueeze(-2)
+        # diagonal: a [(y - x) + x (1 - C_ii)] for z1, a [(x - y) + y (1 - C_ii)] for z2
+        gx = gx.addcmul_(x, a * om - b * row).addcmul_(dxy, a)
+        gy = gy.addcmul_(y, a * om - b * col).addcmul_(dxy, a, value=-1.0)
+        # BatchNorm's mean subtraction (exactly 0 for exactly centred x, y; kept for rounding in the centring)
+        gx = (gx - gx.mean(dim=-2, keepdim=True)).mul_(rx)
+        gy = (gy - gy.mean(dim=-2, keepdim=True)).mul_(ry)
+        return gx, gy, None
 
 
 def barlow_off_diagonal_unbiased(x: Tensor, y: Tensor) -> Tensor:
@@ -180,11 +260,13 @@ def jackknife_std(z: Tensor, eps: float, m: estimators.Moments | None = None) ->
 class _JackknifeStd(torch.autograd.Function):
     """sd_J from x = (z_a - mean)^2 (..., n, d), with a hand-written backward in cancellation-free form.
 
-    Both directions are O(n d) fused passes (the jackknife dominated vicreg_unbiased's extra cost over
-    vicreg at large n d). The gradient w.r.t. x_a, with u_a = [row a not clamped] and
-    w_b = 1/s - u_b/s_(-b) (= -(s - s_(-b)) / (s s_(-b)) when not clamped), is
+    The gradient w.r.t. x_a, with u_a = [row a not clamped] and w_b = 1/s - u_b/s_(-b)
+    (= -(s - s_(-b)) / (s s_(-b)) when not clamped), is
         u_a / (2 (n-2) s_(-a)) - 1 / (2 (n-1)(n-2) s) + (n-1) / (2 n (n-2)) sum_b w_b,
-    every term O(1/(n s)); the chain rule through (v, x) separately would cancel O(1/s) terms."""
+    every term O(1/(n s)); the chain rule through (v, x) separately would cancel O(1/s) terms.
+    It is c1 u_a / s_(-a) + c_0 with a per-column c_0, so the forward (which has s_(-a) and s - s_(-a)
+    already) keeps u/s_(-a) and c_0, and the backward is one fused pass (it used to recompute the
+    leave-one-out quantities: ~15 passes over (n, d), 3x the forward)."""
 
     @staticmethod
     def forward(ctx, sq: Tensor, s_ii: Tensor, eps: float) -> Tensor:  # type: ignore[override]
@@ -192,23 +274,26 @@ class _JackknifeStd(torch.autograd.Function):
         v = (s_ii / (n - 1)).unsqueeze(-2)                       # (..., 1, d)
         s = torch.sqrt(v + eps)
         delta = _loo_delta(sq, v, n)                             # v - v_(-a), clamped so that v_(-a) >= 0
-        s_loo = torch.sqrt((v + eps) - delta)                    # (..., n, d)
-        corr = delta.div_(s_loo + s).sum(dim=-2)                 # sum_a (s - s_(-a))
-        ctx.save_for_backward(sq, v, s_loo)
-        ctx.eps = eps
-        return s.squeeze(-2) + ((n - 1) / n) * corr
+        s_loo = torch.sub(v + eps, delta).sqrt_()                # (..., n, d)
+        q = delta / (s_loo + s)                                  # s - s_(-a)
+        out = s.squeeze(-2) + ((n - 1) / n) * q.sum(dim=-2)
+        if ctx.needs_input_grad[0]:
+            inv = s_loo.reciprocal_()
+            w = q.mul_(inv).div_(s).neg_()                       # w_b for unclamped rows
+            kept = delta < v                                     # rows whose v_(-a) was not clamped at 0
+            if not bool(kept.all()):                             # only degenerate columns or rounding
+                w = torch.where(kept, w, 1.0 / s)
+                inv = inv.masked_fill_(~kept, 0.0)
+            c0 = (-1.0 / (2 * (n - 1) * (n - 2))) / s + ((n - 1) / (2 * n * (n - 2))) * w.sum(dim=-2, keepdim=True)
+            ctx.save_for_backward(inv, c0)
+            ctx.c1 = 1.0 / (2 * (n - 2))
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        sq, v, s_loo = ctx.saved_tensors
-        n = sq.shape[-2]
-        s = torch.sqrt(v + ctx.eps)
-        delta = _loo_delta(sq, v, n)
-        kept = delta < v                                          # rows whose v_(-a) was not clamped at 0
-        w = torch.where(kept, -delta / (s * s_loo * (s + s_loo)), 1.0 / s).sum(dim=-2, keepdim=True)
-        g = torch.where(kept, 1.0 / (2 * (n - 2) * s_loo), 0.0)
-        g = g + (-1.0 / (2 * (n - 1) * (n - 2)) / s + ((n - 1) / (2 * n * (n - 2))) * w)
-        return g.mul_(grad.unsqueeze(-2)), None, None
+        inv, c0 = ctx.saved_tensors
+        g = grad.unsqueeze(-2)
+        return torch.addcmul(c0 * g, inv, g, value=ctx.c1), None, None
 
 
 def _loo_delta(sq: Tensor, v: Tensor, n: int) -> Tensor:
