@@ -21,7 +21,7 @@ from ..layout import yaml_load_file
 from ..registry import split_label
 from . import stats as S
 from .render import H, P, Table
-from .tables import ACCURACY, FEW_SHOT, accuracy_columns, metric_label, to_csv, to_markdown
+from .tables import accuracy_columns, is_accuracy_column, metric_label, to_csv, to_markdown
 
 SETTING_KEYS = ("reference_batch_size", "compare", "metric")  # of the sweep's `report:` block; the rest is not ours
 OUTPUTS = ("sensitivity.csv", "contrasts.csv", "method_contrasts.csv", "relative_drop_ci.csv", "power.csv")
@@ -61,7 +61,7 @@ def read_settings(sweep_yaml: Path | str) -> Settings:
                             f"[[vicreg_unbiased, vicreg]], got {cmp!r}")
         cmp = tuple((a, b) for a, b in cmp)
     metric = block.get("metric")
-    if metric is not None and not (isinstance(metric, str) and (metric in ACCURACY or FEW_SHOT.match(metric))):
+    if metric is not None and not (isinstance(metric, str) and is_accuracy_column(metric)):
         raise UserError(f"{path}: report.metric: expected linear_top1, knn_top1 or few_shot.<k>.top1 "
                         f"(eval.few_shot), got {metric!r}")
     return Settings(ref, cmp, metric)
@@ -171,10 +171,6 @@ def fp(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _metric(m: str) -> str:
-    return metric_label(m)
-
-
 def _wide(df: pd.DataFrame, keys: list[str], ref_of=None) -> pd.DataFrame:
     """Rows ``keys``, one column per batch size ("B=64"), cells "estimate [CI]"; ``ref_of(row)`` names the
     reference B of a row (its cell reads "ref")."""
@@ -188,7 +184,7 @@ def _wide(df: pd.DataFrame, keys: list[str], ref_of=None) -> pd.DataFrame:
     rows = []
     for key, g in df.groupby(keys, sort=True):
         row = dict(zip(keys, key))
-        row["metric"] = _metric(row["metric"])
+        row["metric"] = metric_label(row["metric"])
         cells = {int(r["batch_size"]): est_ci(r["estimate"], r["ci_low"], r["ci_high"]) for _, r in g.iterrows()}
         ref = ref_of(g.iloc[0]) if ref_of else None
         for b in bs:
@@ -205,7 +201,7 @@ def sensitivity_table(sens: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in sens.iterrows():
         het = r["p_slope_varies_by_seed"]
-        rows.append({"method": r["method"], "epochs": int(r["epochs"]), "metric": _metric(r["metric"]),
+        rows.append({"method": r["method"], "epochs": int(r["epochs"]), "metric": metric_label(r["metric"]),
                      "slope pts/doubling [95% CI]": est_ci(r["slope_pts_per_doubling"], r["ci_low"], r["ci_high"]),
                      "p": fp(r["p_value"]),
                      "seedwise [95% CI]": est_ci(r["seedwise_slope"], r["seedwise_ci_low"], r["seedwise_ci_high"]),
@@ -237,7 +233,7 @@ def pair_table(mc: pd.DataFrame) -> pd.DataFrame:
     per_b = _wide(mc[mc["contrast"] == "batch_size"], ["pair", "epochs", "metric"])
     rows = []
     for _, r in mc[mc["contrast"] == "slope_difference"].iterrows():
-        rows.append({"pair": r["pair"], "epochs": int(r["epochs"]), "metric": _metric(r["metric"]),
+        rows.append({"pair": r["pair"], "epochs": int(r["epochs"]), "metric": metric_label(r["metric"]),
                      "slope difference pts/doubling [95% CI]": est_ci(r["estimate"], r["ci_low"], r["ci_high"]),
                      "p": fp(r["p_value"]),
                      "seedwise [95% CI]": est_ci(r["estimate"], r["seedwise_ci_low"], r["seedwise_ci_high"])})
@@ -252,7 +248,7 @@ def drop_table(drop: pd.DataFrame) -> pd.DataFrame:
     """The max relative drop from the best B and the pre-specified drop from B_ref, each with its CI."""
     rows = []
     for _, r in drop.iterrows():
-        rows.append({"method": r["method"], "epochs": int(r["epochs"]), "metric": _metric(r["metric"]),
+        rows.append({"method": r["method"], "epochs": int(r["epochs"]), "metric": metric_label(r["metric"]),
                      "max drop from best B (%) [95% CI]": est_ci(r["max_rel_drop_pct"], r["max_ci_low"],
                                                                  r["max_ci_high"], 1, sign=False),
                      "best → worst B": f"{int(r['best_batch_size'])} → {int(r['worst_batch_size'])}",
@@ -268,7 +264,7 @@ def power_display(power: pd.DataFrame) -> pd.DataFrame:
     """The power table for the report: residual SD, MDE at the study's seeds, seeds needed per effect."""
     rows = []
     for _, r in power.iterrows():
-        row = {"metric": _metric(r["metric"]), "quantity": S.QUANTITIES[r["quantity"]],
+        row = {"metric": metric_label(r["metric"]), "quantity": S.QUANTITIES[r["quantity"]],
                "within-seed SD (pts)": f"{r['resid_sd_pts']:.2f}",
                f"detectable at {int(r['n_seeds'])} seeds (pts)": f"{r['mde_pts']:.2f}"}
         for c in [c for c in power.columns if c.startswith("seeds_for_")]:

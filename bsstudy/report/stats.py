@@ -30,7 +30,6 @@ from ..errors import UserError
 from ..registry import METHODS, split_label
 
 METRICS = ("linear_top1", "knn_top1")
-INIT_COLUMNS = {"linear_top1": "init_linear_top1", "knn_top1": "init_knn_top1"}
 ALPHA = 0.05
 POWER = 0.80
 BOOT_REPS = 2000
@@ -61,7 +60,7 @@ def long_table(runs: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     for m in metrics:
         if m not in df.columns:
             continue
-        init_col = INIT_COLUMNS.get(m, f"init_{m}")
+        init_col = f"init_{m}"   # the untrained network's value of the same metric (eval.at_init)
         part = pd.DataFrame({
             "method": method.astype(str).to_numpy(),
             "epochs": pd.to_numeric(df["epochs"], errors="coerce").to_numpy(),

@@ -23,16 +23,13 @@ ACCURACY = {"linear_top1": "linear", "knn_top1": "kNN"}  # metric column -> metr
 SUMMARY_METRICS = ("linear_top1", "knn_top1", "collapse.effective_rank", "collapse.avg_abs_corr",
                    "collapse.min_std", "collapse.mean_std")
 KEYS = ["method_label", "batch_size", "epochs"]
-INIT_METRICS = {"init_linear_top1": "linear", "init_knn_top1": "kNN"}  # columns (eval.at_init) -> labels
 FLOAT_FORMAT = "%.6g"
 FEW_SHOT = re.compile(r"^few_shot\.(\d+)\.top1$")  # eval.few_shot's metric columns (result.json few_shot.<k>.top1)
 
 
-def accuracy_columns(runs: pd.DataFrame) -> dict[str, str]:
-    """Metric column -> label of every accuracy of a study: ``ACCURACY`` then the few-label probes present
-    in ``runs`` (``few_shot.<k>.top1`` -> "<k>-shot linear"), by k."""
-    few = sorted((int(m.group(1)), c) for c in runs.columns if (m := FEW_SHOT.match(str(c))))
-    return dict(ACCURACY) | {c: f"{k}-shot linear" for k, c in few}
+def is_accuracy_column(column: str) -> bool:
+    """Whether ``column`` is an accuracy metric column: ``ACCURACY``'s or a few-label probe's."""
+    return column in ACCURACY or FEW_SHOT.match(column) is not None
 
 
 def metric_label(column: str) -> str:
@@ -41,6 +38,13 @@ def metric_label(column: str) -> str:
         return ACCURACY[column]
     m = FEW_SHOT.match(column)
     return f"{m.group(1)}-shot linear" if m else column
+
+
+def accuracy_columns(runs: pd.DataFrame) -> dict[str, str]:
+    """Metric column -> label of every accuracy of a study: ``ACCURACY`` then the few-label probes present
+    in ``runs`` (``few_shot.<k>.top1`` -> "<k>-shot linear"), by k."""
+    few = sorted((int(m.group(1)), c) for c in runs.columns if (m := FEW_SHOT.match(str(c))))
+    return {c: metric_label(c) for c in [*ACCURACY, *(c for _, c in few)]}
 
 
 def epochs_text(e) -> str:
@@ -97,7 +101,7 @@ def init_baseline(runs: pd.DataFrame) -> pd.DataFrame:
 
     The initial weights depend on the seed and the model, not on the method or batch size, so each
     (backbone, seed) counts once (the mean of its runs, which agree). Empty when no run probed at init."""
-    labels = INIT_METRICS | {f"init_{c}": lab for c, lab in accuracy_columns(runs).items() if c not in ACCURACY}
+    labels = {f"init_{c}": lab for c, lab in accuracy_columns(runs).items()}  # columns (eval.at_init) -> labels
     cols = [c for c in labels if c in runs.columns]
     out_cols = ["backbone", "metric", "mean", "ci95", "n_seeds"]
     if not cols:
