@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from ..evaluate.model import evaluate_at_init, evaluate_model
 from ..io import atomic_write_json
-from ..layout import RunPaths
+from ..layout import RunPaths, read_result
 from . import distributed as ddp
 from .hooks import log
 from .setup import Run
@@ -45,7 +45,8 @@ def at_init(run: Run, paths: RunPaths) -> dict[str, Any]:
 
     def probe() -> dict[str, Any]:
         cache = init_cache_file(run, paths)
-        ev = _read_json(cache) if cache is not None else None
+        # an absent or unreadable entry (None) is probed again; read_result reads any JSON-object file so
+        ev = read_result(cache) if cache is not None else None
         reused = ev is not None
         if ev is None:
             log(paths.run_id, "at init: probing the untrained network")
@@ -83,15 +84,6 @@ def init_cache_file(run: Run, paths: RunPaths) -> Path | None:
     c = OmegaConf.to_container(run.cfg, resolve=True)
     h.update(json.dumps({k: c[k] for k in ("eval", "dataset", "model", "seed")}, sort_keys=True).encode())
     return study / INIT_CACHE_DIR / f"{h.hexdigest()[:32]}.json"
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when absent or unreadable (then it is computed again)."""
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 def due(run: Run, epoch: int) -> bool:
