@@ -13,19 +13,18 @@ import sys
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from statsmodels.formula.api import ols
 
 from bsstudy.errors import UserError
 from bsstudy.report.load import load_study
 from bsstudy.report.stats import power_table
-from bsstudy.report.tables import accuracy_columns, metric_label, to_markdown
+from bsstudy.report.tables import accuracy_columns, metric_label, t_half_width, to_markdown
 
 
 def _t_ci(v: np.ndarray) -> tuple[float, float]:
-    """Mean and 95% Student-t half-width of ``v``."""
+    """Mean and 95% Student-t half-width of ``v`` (the report's ``t_half_width``; NaN for one value)."""
     n = len(v)
-    return float(v.mean()), float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
+    return float(v.mean()), float(t_half_width(v.std(ddof=1) if n > 1 else np.nan, n))
 
 
 def pilot_table(runs: pd.DataFrame) -> pd.DataFrame:
